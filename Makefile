@@ -1,0 +1,46 @@
+# llmprep: `make run` installs everything into .venv and trains the default model; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-slow lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==$(TORCH_VERSION)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with torch==$(TORCH_VERSION) first, then llmprep and its dev tools
+
+run: $(STAMP) ## Install if needed, then pretrain the default model (pass overrides with ARGS="...")
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP) ## Run the test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) ## Run only the slow tests
+	$(PY) -m pytest -m slow $(ARGS)
+
+lint: $(STAMP) ## Check style and formatting with ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## Fix style and formatting with ruff
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP) ## Run the benchmarks and print their tables
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## Remove caches, run outputs and the virtual environment
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun wandb lightning_logs *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
