@@ -1,0 +1,110 @@
+"""The pretraining data: a corpus tokenized once into the token store, sampled as sliding windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from llmprep.data.sources import resolve_many
+from llmprep.data.token_store import build_token_store, split_tokens
+from llmprep.data.windows import TokenWindows
+from llmprep.tokenizer import EOT_TOKEN, get_tokenizer
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Next-token windows over a corpus of text files, source names, globs or a hub dataset.
+
+    ``split_by="tokens"`` (default) splits the token store's stream, which never loads the corpus
+    into memory. ``split_by="characters"`` splits the text first and tokenizes each part, as the
+    book's chapter 5 does; it reads the whole corpus into memory, so use it for small corpora.
+    ``max_length`` defaults to the model's context and ``stride`` to ``max_length``.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str] = ("the-verdict",),
+        context_length: int = 1024,
+        max_length: int | None = None,
+        stride: int | None = None,
+        train_fraction: float = 0.9,
+        split_by: str = "tokens",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        hf_split: str = "train",
+        hf_text_field: str = "text",
+    ) -> None:
+        super().__init__()
+        if split_by not in {"tokens", "characters"}:
+            raise ValueError(f"data.split_by={split_by!r}: expected 'tokens' or 'characters'")
+        if not paths and not hf_dataset:
+            raise ValueError("data.paths is empty: name a source, a file or a glob")
+        self.paths = list(paths)
+        self.max_length = max_length or context_length
+        if self.max_length > context_length:
+            raise ValueError(
+                f"data.max_length={self.max_length} exceeds the model's context_length={context_length}"
+            )
+        self.stride = stride or self.max_length
+        self.train_fraction = train_fraction
+        self.split_by = split_by
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.hf = (hf_dataset, hf_config, hf_split, hf_text_field) if hf_dataset else None
+        self.train_set: TokenWindows | None = None
+        self.val_set: TokenWindows | None = None
+
+    def _files(self) -> list[Path]:
+        files = resolve_many(self.paths) if self.paths else []
+        if self.hf is not None:
+            from llmprep.data.hub import hub_text_file
+
+            files.append(hub_text_file(*self.hf))
+        return files
+
+    def prepare_data(self) -> None:
+        files = self._files()
+        if self.split_by == "tokens":
+            build_token_store(files)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = self._files()
+        if self.split_by == "tokens":
+            train, val = split_tokens(build_token_store(files).tokens, self.train_fraction)
+        else:
+            train, val = self._split_characters(files)
+        self.train_set = TokenWindows(train, self.max_length, self.stride)
+        self.val_set = TokenWindows(val, self.max_length, self.stride) if len(val) else None
+
+    def _split_characters(self, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        text = EOT_TOKEN.join(f.read_text(encoding="utf-8") for f in files)
+        cut = int(self.train_fraction * len(text))
+        tok = get_tokenizer()
+        return (
+            np.asarray(tok.encode(text[:cut], allow_special=True), dtype=np.int64),
+            np.asarray(tok.encode(text[cut:], allow_special=True), dtype=np.int64),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+        )

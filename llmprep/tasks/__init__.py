@@ -1,0 +1,1 @@
+"""Training tasks: the LightningModules of the stages (pretrain, classify, instruct)."""

@@ -1,0 +1,70 @@
+"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, decay_all: bool = False
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and an undecayed group.
+
+    Matrices and embeddings (2+ dimensions) are decayed; biases and LayerNorm gains are not, since
+    shrinking them towards zero only hurts. ``decay_all`` decays everything, as the book's plain
+    ``AdamW(model.parameters(), weight_decay=0.1)`` does.
+    """
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if decay_all or p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_adamw(
+    named_params: Iterable[tuple[str, nn.Parameter]], optim: Mapping[str, Any]
+) -> torch.optim.AdamW:
+    """AdamW from the ``optim`` config; fused when every parameter lives on a CUDA device."""
+    groups = param_groups(named_params, optim["weight_decay"], optim.get("decay_all", False))
+    params = [p for g in groups for p in g["params"]]
+    if not params:
+        raise ValueError("no trainable parameters: check the stage's `trainable` and `lora` settings")
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(
+        groups,
+        lr=optim["lr"],
+        betas=tuple(optim.get("betas", (0.9, 0.999))),
+        eps=optim.get("eps", 1e-8),
+        fused=fused or None,
+    )
+
+
+def lr_lambda(
+    warmup_steps: int, total_steps: int, schedule: str, lr: float, min_lr: float
+) -> Callable[[int], float]:
+    """The factor on ``lr`` at each optimizer step: linear warmup, then cosine decay or constant.
+
+    Cosine reaches ``min_lr`` at ``total_steps`` and stays there if training runs longer.
+    """
+    if schedule not in {"cosine", "constant"}:
+        raise ValueError(f"optim.schedule={schedule!r}: expected 'cosine' or 'constant'")
+    floor = min_lr / lr if lr > 0 else 0.0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
