@@ -144,7 +144,7 @@ def _local_file(spec: str) -> Path:
     if path.is_file():
         return path.resolve()
     if path.is_dir():
-        problem = f"{path.absolute()} is a folder (name its files with a glob such as '{spec}/*.txt')"
+        problem = f"{path.absolute()} is a folder (name its files with a glob: '{spec}/*.txt')"
     else:
         problem = f"{path.absolute()} does not exist"
     raise SourceError(

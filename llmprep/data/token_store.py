@@ -1,0 +1,277 @@
+r"""A corpus tokenized once into a uint16 memmap in the cache, reused while its files are unchanged.
+
+Layout: ``cache_dir()/tokens/<key>.bin`` holds the token ids (native uint16, GPT-2's 50,257 ids
+fit) and ``<key>.json`` the metadata. The key derives from the absolute source paths and the
+tokenizer name, so each corpus has one store that is rebuilt in place when a source changes.
+
+Files are read in chunks and each batch of chunks is encoded on two threads (tiktoken releases
+the GIL), so a corpus of many GB never sits in memory. A chunk may only end where cutting cannot
+change the tokens. GPT-2 (as tiktoken implements it) first splits text with the regex
+
+    '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
+
+and byte-pair-encodes each piece on its own, so a cut is safe when (a) the pieces of the whole
+text have a boundary there and (b) matching each side alone finds the same pieces. Between a
+non-whitespace and a whitespace character both hold: every alternative is either all
+whitespace or holds whitespace only as one optional leading space, so no piece spans that
+point; the piece ending at the non-whitespace character never depends on what follows (its
+character classes stop there just as at the end of the text, and the whitespace-only
+alternatives with ``$`` or a look-ahead cannot match it); and the regex has no look-behind, so
+the right side is matched from the same state. The tempting "after a newline followed by text"
+is NOT safe: the whole of ``"a\n\n\n\nB"`` splits as ``\n\n\n | \n | B`` (tokens 628 198 198)
+but ``"a\n\n\n\n"`` alone as ``\n\n\n\n`` (``\s++$``, tokens 628 628). The non-whitespace side is
+tested with Python's ``\S`` (Python's whitespace is a superset of Unicode's ``White_Space``, so
+this errs on the safe side), the whitespace side with ASCII whitespace only.
+
+Text is decoded as strict UTF-8 with universal newlines (``\r\n`` reads as ``\n``), exactly as
+the book's ``open(path, encoding="utf-8").read()``, so token counts match the book's.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmprep.data.sources import cache_dir, file_sha256
+from llmprep.tokenizer import get_tokenizer
+
+FORMAT_VERSION = 1
+DTYPE = "uint16"
+CHUNK_CHARS = 1 << 20
+NUM_THREADS = 2
+_CHUNKS_PER_BATCH = 8
+_SAFE_CUT_REVERSED = re.compile(r"[ \t\n\r\f\v]\S")
+
+
+@dataclass
+class TokenStore:
+    """A built token store: the ``.bin`` file of token ids and its metadata."""
+
+    bin_path: Path
+    meta: dict[str, Any]
+
+    @property
+    def tokens(self) -> np.memmap:
+        """The token ids, mapped read-only from disk (each access maps the file anew: keep it)."""
+        return np.memmap(self.bin_path, dtype=np.dtype(DTYPE), mode="r", shape=(len(self),))
+
+    def __len__(self) -> int:
+        return int(self.meta["num_tokens"])
+
+
+def build_token_store(
+    paths: Sequence[str | Path], tokenizer_name: str = "gpt2", *, chunk_chars: int = CHUNK_CHARS
+) -> TokenStore:
+    """The token store of ``paths`` (one document per file), built only when needed.
+
+    Documents are joined by the tokenizer's end-of-text id (between documents, not after the
+    last); a literal ``<|endoftext|>`` inside a file is ordinary text. An existing store is
+    reused while every source keeps its size and mtime, or, when only the mtime moved, its
+    sha256; otherwise it is rebuilt. ``chunk_chars`` is the read size in characters.
+
+    Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
+    and the ``.json`` last, so an interrupted build never leaves a store that looks complete.
+    Concurrent builders of the same store each write their own temporary files; the last
+    rename wins and both results are identical.
+    """
+    if not paths:
+        raise ValueError("build_token_store needs at least one source file")
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be a positive integer, got {chunk_chars!r}")
+    files = [Path(p).expanduser().resolve() for p in paths]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"corpus file {file} does not exist or is not a file")
+    tokenizer = get_tokenizer(tokenizer_name)
+    if tokenizer.vocab_size > np.iinfo(DTYPE).max + 1:
+        raise ValueError(
+            f"tokenizer {tokenizer_name!r} has {tokenizer.vocab_size} ids, more than {DTYPE} holds"
+        )
+    folder = cache_dir() / "tokens"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _store_key(files, tokenizer_name)
+    bin_path, json_path = folder / f"{key}.bin", folder / f"{key}.json"
+    store = _unchanged_store(bin_path, json_path, files, tokenizer_name)
+    if store is not None:
+        return store
+    return _build(bin_path, json_path, files, tokenizer_name, chunk_chars)
+
+
+def split_tokens(tokens: np.ndarray, train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``train_fraction`` of the tokens and the rest, as views (no copies).
+
+    A fraction of 1.0 trains on everything and leaves an empty validation part.
+    """
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction!r}")
+    cut = int(train_fraction * len(tokens))
+    return tokens[:cut], tokens[cut:]
+
+
+def _store_key(files: Sequence[Path], tokenizer_name: str) -> str:
+    """A readable prefix (the first file's stem) and a digest of the paths and the tokenizer."""
+    identity = json.dumps([tokenizer_name, [str(f) for f in files]])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', files[0].stem)[:40]}-{digest}"
+
+
+def _fingerprint(file: Path) -> dict[str, Any]:
+    stat = file.stat()
+    return {
+        "path": str(file),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": file_sha256(file),
+    }
+
+
+def _unchanged_store(
+    bin_path: Path, json_path: Path, files: Sequence[Path], tokenizer_name: str
+) -> TokenStore | None:
+    """The existing store when it is complete and its sources are unchanged, else ``None``.
+
+    Unreadable or foreign metadata counts as absent. When a source's mtime moved but its sha256
+    did not, the recorded mtime is refreshed so the next check is fast again.
+    """
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        recorded = meta["sources"]
+        if (
+            meta["format_version"] != FORMAT_VERSION
+            or meta["tokenizer"] != tokenizer_name
+            or meta["dtype"] != DTYPE
+            or [entry["path"] for entry in recorded] != [str(f) for f in files]
+            or bin_path.stat().st_size != meta["num_tokens"] * np.dtype(DTYPE).itemsize
+        ):
+            return None
+        refreshed = False
+        for entry, file in zip(recorded, files, strict=True):
+            stat = file.stat()
+            if stat.st_size != entry["size"]:
+                return None
+            if stat.st_mtime_ns != entry["mtime_ns"]:
+                if file_sha256(file) != entry["sha256"]:
+                    return None
+                entry["mtime_ns"] = stat.st_mtime_ns
+                refreshed = True
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if refreshed:
+        _write_atomically(json_path, json.dumps(meta, indent=2).encode())
+    return TokenStore(bin_path, meta)
+
+
+def _build(
+    bin_path: Path, json_path: Path, files: Sequence[Path], tokenizer_name: str, chunk_chars: int
+) -> TokenStore:
+    tokenizer = get_tokenizer(tokenizer_name)
+    sources = [_fingerprint(f) for f in files]
+    fd, temp = _temp_file_for(bin_path)
+    num_tokens = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for batch in _batches(_segments(files, chunk_chars)):
+                texts = [segment for segment in batch if segment is not None]
+                encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
+                for segment in batch:
+                    ids = [tokenizer.eot_id] if segment is None else next(encoded)
+                    np.asarray(ids, dtype=DTYPE).tofile(out)
+                    num_tokens += len(ids)
+        if num_tokens == 0:
+            raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
+        json_path.unlink(missing_ok=True)
+        os.replace(temp, bin_path)
+    finally:
+        temp.unlink(missing_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer_name,
+        "dtype": DTYPE,
+        "num_tokens": num_tokens,
+        "eot_id": tokenizer.eot_id,
+        "sources": sources,
+    }
+    _write_atomically(json_path, json.dumps(meta, indent=2).encode())
+    return TokenStore(bin_path, meta)
+
+
+def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
+    """The text chunks of every file, with ``None`` marking each boundary between documents."""
+    for index, file in enumerate(files):
+        if index:
+            yield None
+        yield from _text_chunks(file, chunk_chars)
+
+
+def _text_chunks(file: Path, chunk_chars: int) -> Iterator[str]:
+    """The file's text in pieces that each end at a safe cut (see the module docstring)."""
+    carry = ""
+    try:
+        with open(file, encoding="utf-8") as f:
+            while block := f.read(chunk_chars):
+                text = carry + block
+                cut = _last_safe_cut(text, max(len(carry) - 1, 0))
+                if cut:
+                    yield text[:cut]
+                carry = text[cut:]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"corpus file {file} is not valid UTF-8: {err.reason} at byte "
+            f"{_first_invalid_utf8_byte(file)}"
+        ) from None
+    if carry:
+        yield carry
+
+
+def _last_safe_cut(text: str, start: int) -> int:
+    """The last index after ``start`` between a non-space and a space character, or 0."""
+    match = _SAFE_CUT_REVERSED.search(text[start:][::-1])
+    return 0 if match is None else len(text) - 1 - match.start()
+
+
+def _first_invalid_utf8_byte(file: Path) -> int:
+    """Offset of the first byte of ``file`` that breaks UTF-8 (to point the user at it)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(file, "rb") as f:
+        while block := f.read(1 << 16):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                return offset - pending + err.start
+            offset += len(block)
+    return offset - len(decoder.getstate()[0])
+
+
+def _batches(segments: Iterable[str | None]) -> Iterator[list[str | None]]:
+    iterator = iter(segments)
+    while batch := list(islice(iterator, _CHUNKS_PER_BATCH)):
+        yield batch
+
+
+def _temp_file_for(path: Path) -> tuple[int, Path]:
+    """An open descriptor and the name of a new hidden file beside ``path``, to rename onto it."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    return fd, Path(name)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, temp = _temp_file_for(path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""The token store: chunked tokens equal whole-text tokens, documents, reuse, rebuilds, splits."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmprep.data.token_store import TokenStore, build_token_store, split_tokens
+from llmprep.tokenizer import get_tokenizer
+
+PIECES = [
+    "word", "Hello", " the", "'s", "'ll", "'RE", "123", " 4.5", "!!", "--", "<|endoftext|>",
+    " ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\n\n\n\n", " \n", "  \n", "\n ", "\u3000",
+    "\xa0", "\x1c", "日本語", " café", "🙂", "\f", "\v",
+]  # fmt: skip
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LLMPREP_CACHE", str(folder))
+    return folder
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _identity(store: TokenStore) -> tuple[int, int]:
+    stat = store.bin_path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+@pytest.mark.parametrize("chunk_chars", [3, 17, 200])
+def test_chunked_parallel_tokens_equal_whole_text_tokens(tmp_path, cache, chunk_chars):
+    rng = random.Random(chunk_chars)
+    text = "".join(rng.choice(PIECES) for _ in range(1500))
+    store = build_token_store([_write(tmp_path / "mixed.txt", text)], chunk_chars=chunk_chars)
+    assert store.tokens.tolist() == get_tokenizer().encode_ordinary_batch([text])[0]
+
+
+def test_the_verdict_gives_the_books_token_count(mirror, cache):
+    store = build_token_store([mirror / "the-verdict.txt"])
+    assert len(store) == 5145
+    assert store.tokens.dtype == np.uint16
+    assert store.meta["num_tokens"] == 5145
+
+
+def test_tinyshakespeare_gives_338025_tokens(mirror, cache):
+    assert len(build_token_store([mirror / "tinyshakespeare.txt"])) == 338025
+
+
+def test_documents_are_joined_by_exactly_one_end_of_text(tmp_path, cache):
+    tok = get_tokenizer()
+    files = [_write(tmp_path / "a.txt", "Hello there"), _write(tmp_path / "b.txt", "General")]
+    tokens = build_token_store(files).tokens.tolist()
+    assert tokens == [*tok.encode("Hello there"), tok.eot_id, *tok.encode("General")]
+
+
+def test_literal_end_of_text_in_a_file_is_plain_text(tmp_path, cache):
+    store = build_token_store([_write(tmp_path / "a.txt", "one<|endoftext|>two")])
+    assert get_tokenizer().eot_id not in store.tokens.tolist()
+
+
+def test_windows_line_endings_read_like_the_books_open(tmp_path, cache):
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"first line\r\nsecond\r\n")
+    assert build_token_store([path]).tokens.tolist() == get_tokenizer().encode(
+        "first line\nsecond\n"
+    )
+
+
+def test_unchanged_sources_reuse_the_store(tmp_path, cache):
+    source = _write(tmp_path / "a.txt", "some text\n" * 50)
+    first = build_token_store([source])
+    before = _identity(first)
+    second = build_token_store([source])
+    assert _identity(second) == before
+    assert second.meta == first.meta
+
+
+def test_touched_but_identical_source_is_reused(tmp_path, cache):
+    source = _write(tmp_path / "a.txt", "some text\n" * 50)
+    before = _identity(build_token_store([source]))
+    os.utime(source, ns=(1_000_000_000, 1_000_000_000))
+    second = build_token_store([source])
+    assert _identity(second) == before
+    assert second.meta["sources"][0]["mtime_ns"] == 1_000_000_000
+
+
+def test_changed_source_rebuilds_the_store(tmp_path, cache):
+    source = _write(tmp_path / "a.txt", "cats and dogs")
+    first = build_token_store([source])
+    before = _identity(first)
+    _write(source, "rats and hogs")
+    os.utime(source, ns=(2_000_000_000, 2_000_000_000))
+    second = build_token_store([source])
+    assert second.bin_path == first.bin_path
+    assert _identity(second) != before
+    assert second.tokens.tolist() == get_tokenizer().encode("rats and hogs")
+
+
+def test_other_file_lists_get_their_own_store(tmp_path, cache):
+    a, b = _write(tmp_path / "a.txt", "alpha"), _write(tmp_path / "b.txt", "beta")
+    assert build_token_store([a]).bin_path != build_token_store([a, b]).bin_path
+
+
+def test_undecodable_bytes_name_the_file_and_leave_no_store(tmp_path, cache):
+    path = tmp_path / "broken.txt"
+    path.write_bytes(b"fine\nstill fine\n\xff\xfe oops\n")
+    with pytest.raises(ValueError, match=r"broken\.txt is not valid UTF-8.*byte 16"):
+        build_token_store([path], chunk_chars=4)
+    assert list((cache / "tokens").iterdir()) == []
+
+
+def test_missing_and_empty_corpora_are_refused(tmp_path, cache):
+    with pytest.raises(FileNotFoundError, match=r"absent\.txt"):
+        build_token_store([tmp_path / "absent.txt"])
+    with pytest.raises(ValueError, match=r"no text.*empty\.txt"):
+        build_token_store([_write(tmp_path / "empty.txt", "")])
+
+
+def test_split_tokens_returns_views():
+    tokens = np.arange(10, dtype=np.uint16)
+    train, val = split_tokens(tokens, 0.9)
+    assert train.tolist() == list(range(9)) and val.tolist() == [9]
+    assert np.shares_memory(train, tokens) and np.shares_memory(val, tokens)
+    train, val = split_tokens(tokens, 1.0)
+    assert len(train) == 10 and len(val) == 0
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5, float("nan")])
+def test_split_tokens_refuses_fractions_outside_zero_one(fraction):
+    with pytest.raises(ValueError, match="train_fraction"):
+        split_tokens(np.arange(10), fraction)
