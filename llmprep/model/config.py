@@ -1,0 +1,80 @@
+"""The GPT's hyperparameters, with the book's field names and the named GPT-2 sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+SIZES: dict[str, dict[str, int]] = {
+    "gpt2-tiny": {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 128},
+    "gpt2-mini": {"emb_dim": 128, "n_layers": 4, "n_heads": 4, "context_length": 256},
+    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+"""Named sizes: the four OpenAI GPT-2 models (context 1024, vocabulary 50257) and two tiny ones
+for tests and CPU runs. Each entry only lists the fields that differ from ``GPTConfig``'s
+defaults."""
+
+
+@dataclass
+class GPTConfig:
+    """Shape and regularisation of a GPT-2 style model.
+
+    Plain values only, so ``dataclasses.asdict(config)`` can be stored as checkpoint
+    hyperparameters and turned back into a config with ``GPTConfig(**d)``.
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    dropout: float = 0.0
+    qkv_bias: bool = False
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise ValueError(
+                f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"GPTConfig.dropout must be a number, got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.emb_dim // self.n_heads
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> GPTConfig:
+        """A config from plain values, e.g. stored hyperparameters; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown GPTConfig field(s) {', '.join(unknown)}; "
+                f"fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        """The config of the named size (see ``SIZES``), with ``overrides`` applied on top."""
+        if name not in SIZES:
+            raise ValueError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}")
+        return cls.from_dict({**SIZES[name], **overrides})

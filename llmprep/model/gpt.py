@@ -1,0 +1,207 @@
+"""The GPT of the book in one file: token and position embeddings, pre-LayerNorm transformer
+blocks, a vocabulary head, and a key/value cache for generation.
+
+Module names are part of the interface: weight import/export, LoRA target lists and the
+classifier-head swap all address layers by these names (``blocks.3.attn.query``, ``out_head``).
+Query, key and value are separate ``Linear`` layers, as in the book, rather than one fused
+projection, so each can be adapted or frozen on its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmprep.model.config import GPTConfig
+
+LAYER_NORM_EPS = 1e-5
+"""GPT-2's LayerNorm epsilon, used everywhere so OpenAI's weights give OpenAI's outputs."""
+
+INIT_STD = 0.02
+"""Standard deviation of the normal initialisation of every weight matrix and embedding."""
+
+
+class KVCache:
+    """Keys and values of the positions a model has already seen, one pair per block.
+
+    Pass the same cache to successive ``GPT.forward`` calls: the first call processes the prompt,
+    later calls only the new tokens, whose positions continue from ``len(cache)``. Call
+    ``reset()`` before reusing it for another sequence.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        """Number of positions stored."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``keys``/``values`` ([B, heads, T, head_dim]) of block ``layer``; return all
+        keys and values stored for that block."""
+        if layer == len(self.keys):
+            self.keys.append(keys)
+            self.values.append(values)
+        else:
+            stored = self.keys[layer].shape[0]
+            if keys.shape[0] != stored:
+                raise ValueError(
+                    f"KV cache holds a batch of {stored} sequences but got {keys.shape[0]}; "
+                    "reset() the cache before a new batch"
+                )
+            self.keys[layer] = torch.cat([self.keys[layer], keys], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], values], dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def reset(self) -> None:
+        """Forget every stored position."""
+        self.keys.clear()
+        self.values.clear()
+
+
+def _causal_mask_args(q_len: int, kv_len: int, device: torch.device) -> dict[str, object]:
+    """SDPA arguments letting query ``i`` (the ``kv_len - q_len + i``-th position) see keys up to
+    itself.
+
+    ``is_causal`` aligns the mask to the top-left corner, which is only right when queries and
+    keys cover the same positions; a chunk of new queries after cached keys needs the mask
+    shifted right by the cache length, and a single new query may see every key.
+    """
+    if q_len == kv_len:
+        return {"is_causal": True}
+    if q_len == 1:
+        return {}
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
+    return {"attn_mask": mask}
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position only attends to itself and the past."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        self.query = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.key = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.value = nn.Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        batch, time, width = x.shape
+        q = self._split_heads(self.query(x))
+        k = self._split_heads(self.key(x))
+        v = self._split_heads(self.value(x))
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.dropout if self.training else 0.0,
+            **_causal_mask_args(time, k.shape[2], x.device),
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(batch, time, width))
+
+
+class FeedForward(nn.Module):
+    """The position-wise MLP: widen 4x, GELU (GPT-2's tanh approximation), project back."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: ``x + attn(norm1(x))``, then ``x + ff(norm2(x))``."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.norm2 = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.ff = FeedForward(config)
+        self.drop_shortcut = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.attn(self.norm1(x), kv_cache))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    """A GPT-2 style language model mapping token ids [B, T] to logits [B, T, outputs].
+
+    ``out_head`` may be replaced (e.g. by ``nn.Linear(emb_dim, num_classes)`` for
+    classification); ``forward`` then returns that head's outputs at every position.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.out_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        residual_std = INIT_STD / math.sqrt(2 * config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.ff.proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2's initialisation; the residual projections are scaled down afterwards so the
+        residual stream's variance does not grow with depth."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for every position of ``idx``; with ``kv_cache``, ``idx`` holds only the tokens
+        after those already in the cache."""
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(
+                f"idx must be token ids of shape [batch, time>0], got {list(idx.shape)}"
+            )
+        past = len(kv_cache) if kv_cache is not None else 0
+        time = idx.shape[1]
+        if past + time > self.config.context_length:
+            raise ValueError(
+                f"sequence of {time} tokens"
+                + (f" after {past} cached" if past else "")
+                + f" exceeds the model's context_length of {self.config.context_length}"
+            )
+        positions = torch.arange(past, past + time, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
+        for block in self.blocks:
+            x = block(x, kv_cache)
+        return self.out_head(self.final_norm(x))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters, a tied embedding/head matrix counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from llmprep.model import GPT, GPTConfig
+from llmprep.model.gpt import KVCache
+
+VOCAB = 97
+
+
+def tiny(**overrides: object) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB, **overrides)).eval()
+
+
+@pytest.mark.parametrize(("tie", "expected"), [(False, 163_009_536), (True, 124_412_160)])
+def test_gpt2_small_parameter_count(tie: bool, expected: int) -> None:
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_name("gpt2-small", tie_weights=tie))
+    assert model.num_parameters() == expected
+
+
+def test_tied_head_shares_the_embedding_and_counts_once() -> None:
+    tied, untied = tiny(tie_weights=True), tiny()
+    assert tied.out_head.weight is tied.tok_emb.weight
+    assert untied.num_parameters() - tied.num_parameters() == VOCAB * 64
+
+
+def test_trainable_only_skips_frozen_parameters() -> None:
+    model = tiny()
+    model.requires_grad_(False)
+    model.out_head.requires_grad_(True)
+    assert model.num_parameters(trainable_only=True) == VOCAB * 64
+
+
+def test_layers_have_the_names_other_code_targets() -> None:
+    model = tiny(qkv_bias=True)
+    attn = model.blocks[1].attn
+    for layer in (attn.query, attn.key, attn.value, attn.out_proj):
+        assert isinstance(layer, nn.Linear) and layer.bias is not None
+    assert model.blocks[0].ff.fc.out_features == 4 * 64
+    assert isinstance(model.final_norm, nn.LayerNorm) and model.out_head.bias is None
+    assert tiny().blocks[0].attn.query.bias is None
+
+
+def test_init_scales_residual_projections_down() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-mini", vocab_size=VOCAB))
+    assert model.blocks[0].ff.fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    residual = 0.02 / math.sqrt(2 * 4)
+    assert model.blocks[0].ff.proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert model.blocks[0].attn.out_proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert not model.blocks[0].ff.fc.bias.any()
+
+
+def test_logits_shape_and_replaced_head() -> None:
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (3, 10))
+    assert model(idx).shape == (3, 10, VOCAB)
+    model.out_head = nn.Linear(64, 2)
+    assert model(idx).shape == (3, 10, 2)
+
+
+def test_positions_only_see_the_past() -> None:
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (1, 12))
+    changed = idx.clone()
+    changed[0, 6] = (changed[0, 6] + 1) % VOCAB
+    before, after = model(idx), model(changed)
+    torch.testing.assert_close(before[:, :6], after[:, :6])
+    assert not torch.allclose(before[:, 6:], after[:, 6:])
+
+
+def test_too_long_input_is_refused() -> None:
+    model = tiny(context_length=8)
+    with pytest.raises(ValueError, match="9 tokens exceeds the model's context_length of 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    cache = KVCache()
+    model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="3 tokens after 6 cached"):
+        model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+
+
+def test_cached_chunks_give_the_full_sequence_logits() -> None:
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (2, 16))
+    cache = KVCache()
+    chunks = [idx[:, :5], idx[:, 5:9], idx[:, 9:10], idx[:, 10:16]]
+    pieces = [model(chunk, kv_cache=cache) for chunk in chunks]
+    assert len(cache) == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), model(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_refuses_a_different_batch() -> None:
+    model, cache = tiny(), KVCache()
+    model(torch.zeros(2, 4, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="batch of 2 sequences but got 1"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+    cache.reset()
+    assert len(cache) == 0
+
+
+def test_dropout_only_acts_in_training() -> None:
+    model = tiny(dropout=0.5)
+    idx = torch.randint(0, VOCAB, (1, 8))
+    torch.testing.assert_close(model(idx), model(idx))
+    model.train()
+    assert not torch.allclose(model(idx), model(idx))
