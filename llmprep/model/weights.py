@@ -1,0 +1,437 @@
+"""GPT-2 weights in and out of our ``GPT``.
+
+In: OpenAI's GPT-2 from the Hugging Face hub, a local folder in the Hugging Face layout
+(``config.json`` + ``model.safetensors``), or the original TensorFlow checkpoint folder the
+book's ``gpt_download.py`` fetches. Out: the Hugging Face layout, loadable by
+``transformers.GPT2LMHeadModel.from_pretrained``.
+
+Only safetensors and TensorFlow checkpoints are read. Pickled PyTorch files (``.bin``) can run
+arbitrary code when opened, so they are refused rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmprep.model.config import GPTConfig
+from llmprep.model.gpt import GPT, LAYER_NORM_EPS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TF_HPARAMS_FILE = "hparams.json"
+TF_INDEX_FILE = "checkpoint"
+
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+"""Bare model names accepted in place of their hub ids."""
+
+_HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+"""Causal-mask buffers older ``transformers`` versions saved with the weights; not parameters."""
+
+Reader = Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of the Hugging Face GPT-2 layout and the parameters of ours it holds.
+
+    ``ours`` are stacked along the first dimension in that order (GPT-2's fused ``c_attn``
+    holds query, key and value); ``transpose`` marks Hugging Face's ``Conv1D`` weights, stored
+    [in, out] where ``nn.Linear`` stores [out, in].
+    """
+
+    hf: str
+    ours: tuple[str, ...]
+    transpose: bool = False
+
+
+def _layout(config: GPTConfig) -> list[_Entry]:
+    """The Hugging Face tensors of a model with ``config``, names without ``transformer.``."""
+    entries = [_Entry("wte.weight", ("tok_emb.weight",)), _Entry("wpe.weight", ("pos_emb.weight",))]
+    for i in range(config.n_layers):
+        hf, ours = f"h.{i}.", f"blocks.{i}."
+        qkv = ("query", "key", "value")
+        entries += [
+            _Entry(hf + "ln_1.weight", (ours + "norm1.weight",)),
+            _Entry(hf + "ln_1.bias", (ours + "norm1.bias",)),
+            _Entry(hf + "attn.c_attn.weight", tuple(f"{ours}attn.{n}.weight" for n in qkv), True),
+            _Entry(hf + "attn.c_proj.weight", (ours + "attn.out_proj.weight",), True),
+            _Entry(hf + "attn.c_proj.bias", (ours + "attn.out_proj.bias",)),
+            _Entry(hf + "ln_2.weight", (ours + "norm2.weight",)),
+            _Entry(hf + "ln_2.bias", (ours + "norm2.bias",)),
+            _Entry(hf + "mlp.c_fc.weight", (ours + "ff.fc.weight",), True),
+            _Entry(hf + "mlp.c_fc.bias", (ours + "ff.fc.bias",)),
+            _Entry(hf + "mlp.c_proj.weight", (ours + "ff.proj.weight",), True),
+            _Entry(hf + "mlp.c_proj.bias", (ours + "ff.proj.bias",)),
+        ]
+        if config.qkv_bias:
+            entries.append(
+                _Entry(hf + "attn.c_attn.bias", tuple(f"{ours}attn.{n}.bias" for n in qkv))
+            )
+    entries += [
+        _Entry("ln_f.weight", ("final_norm.weight",)),
+        _Entry("ln_f.bias", ("final_norm.bias",)),
+    ]
+    if not config.tie_weights:
+        entries.append(_Entry("lm_head.weight", ("out_head.weight",)))
+    return entries
+
+
+def _hf_shape(entry: _Entry, shapes: Mapping[str, torch.Size]) -> tuple[int, ...]:
+    """The shape ``entry`` has in the Hugging Face layout, given our parameters' shapes."""
+    parts = [shapes[name] for name in entry.ours]
+    shape = (sum(p[0] for p in parts), *parts[0][1:])
+    return tuple(reversed(shape)) if entry.transpose else shape
+
+
+def _config_from_hf(
+    values: Mapping[str, Any], source: Path, overrides: Mapping[str, Any]
+) -> GPTConfig:
+    """Our config for a GPT-2 described by a Hugging Face ``config.json`` (``source``).
+
+    Always ``qkv_bias=True`` (GPT-2 has them); the head is tied unless ``tie_word_embeddings``
+    is false. GPT-2's dropout rates are ignored: dropout is a training choice, 0.0 unless
+    overridden. ``context_length`` may be overridden downwards (the position table is cropped).
+    """
+    for field in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
+        if field not in values:
+            raise ValueError(f"{source}: missing field {field!r}")
+    unsupported = {
+        "model_type": values.get("model_type", "gpt2") == "gpt2",
+        "activation_function": values.get("activation_function", "gelu_new")
+        in ("gelu_new", "gelu_pytorch_tanh"),
+        "layer_norm_epsilon": math.isclose(
+            values.get("layer_norm_epsilon", LAYER_NORM_EPS), LAYER_NORM_EPS
+        ),
+        "n_inner": values.get("n_inner") in (None, 4 * values["n_embd"]),
+        "scale_attn_weights": values.get("scale_attn_weights", True) is True,
+        "scale_attn_by_inverse_layer_idx": not values.get("scale_attn_by_inverse_layer_idx", False),
+    }
+    for field, ok in unsupported.items():
+        if not ok:
+            raise ValueError(
+                f"{source}: {field}={values[field]!r} is not supported by llmprep's GPT"
+            )
+    n_positions = values["n_positions"]
+    context_length = overrides.get("context_length", n_positions)
+    if isinstance(context_length, int) and context_length > n_positions:
+        raise ValueError(
+            f"context_length={context_length} exceeds the {n_positions} positions the checkpoint "
+            f"{source.parent} was trained with"
+        )
+    base = {
+        "vocab_size": values["vocab_size"],
+        "context_length": n_positions,
+        "emb_dim": values["n_embd"],
+        "n_layers": values["n_layer"],
+        "n_heads": values["n_head"],
+        "qkv_bias": True,
+        "tie_weights": bool(values.get("tie_word_embeddings", True)),
+    }
+    return GPTConfig.from_dict({**base, **overrides})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
+
+
+def _fill(
+    model: GPT,
+    shapes: Mapping[str, tuple[int, ...]],
+    read: Reader,
+    origin: str,
+    checkpoint_tied: bool,
+) -> None:
+    """Copy the checkpoint tensors (Hugging Face names without ``transformer.``, their
+    ``shapes``, fetched with ``read``) into ``model``; every mismatch is reported before any
+    tensor is read."""
+    config = model.config
+    entries = _layout(config)
+    names = {name for name in shapes if not _HF_BUFFER.fullmatch(name)}
+    if not config.tie_weights and checkpoint_tied and "lm_head.weight" not in names:
+        entries = [_Entry("wte.weight", e.ours) if e.hf == "lm_head.weight" else e for e in entries]
+    if config.tie_weights and "lm_head.weight" in names:
+        if not torch.equal(read("lm_head.weight"), read("wte.weight")):
+            raise ValueError(
+                f"{origin}: lm_head.weight differs from wte.weight, but the model ties them; "
+                "load with tie_weights=False"
+            )
+        names.discard("lm_head.weight")
+    expected = {entry.hf for entry in entries}
+    if missing := sorted(expected - names):
+        raise ValueError(f"{origin}: missing tensor(s) {', '.join(missing[:8])} for {config}")
+    if unexpected := sorted(names - expected):
+        raise ValueError(f"{origin}: unexpected tensor(s) {', '.join(unexpected[:8])} for {config}")
+    params = dict(model.named_parameters())
+    our_shapes = {name: p.shape for name, p in params.items()}
+    for entry in entries:
+        want, have = _hf_shape(entry, our_shapes), tuple(shapes[entry.hf])
+        cropped_positions = entry.hf == "wpe.weight" and have[0] >= want[0] and have[1:] == want[1:]
+        if have != want and not cropped_positions:
+            raise ValueError(
+                f"{origin}: tensor {entry.hf!r} has shape {list(have)} in the checkpoint but "
+                f"the model expects {list(want)}"
+            )
+    with torch.no_grad():
+        for entry in entries:
+            tensor = read(entry.hf)
+            if entry.hf == "wpe.weight":
+                tensor = tensor[: config.context_length]
+            if entry.transpose:
+                tensor = tensor.T
+            sizes = [our_shapes[name][0] for name in entry.ours]
+            for name, part in zip(entry.ours, tensor.split(sizes, dim=0), strict=True):
+                params[name].copy_(part)
+
+
+def _empty_model(config: GPTConfig) -> GPT:
+    """A ``GPT`` with uninitialised parameters (skips the random init the checkpoint replaces)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model = model.to_empty(device="cpu")
+    if config.tie_weights:
+        model.out_head.weight = model.tok_emb.weight  # to_empty gives each its own storage
+    return model
+
+
+def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
+    from safetensors import SafetensorError, safe_open
+
+    weights = folder / WEIGHTS_FILE
+    for path in (folder / CONFIG_FILE, weights):
+        if not path.is_file():
+            pickled = [p.name for p in folder.glob("*.bin")]
+            hint = f" ({', '.join(pickled)} is pickled and never loaded)" if pickled else ""
+            raise FileNotFoundError(
+                f"{folder}: no {path.name}{hint}; expected {CONFIG_FILE} + {WEIGHTS_FILE}"
+            )
+    values = _read_json(folder / CONFIG_FILE)
+    config = _config_from_hf(values, folder / CONFIG_FILE, overrides)
+    model = _empty_model(config)
+    try:
+        with safe_open(weights, framework="pt") as f:
+            keys = f.keys()
+            stored = {key.removeprefix("transformer."): key for key in keys}
+            shapes = {name: tuple(f.get_slice(key).get_shape()) for name, key in stored.items()}
+            _fill(
+                model,
+                shapes,
+                lambda name: f.get_tensor(stored[name]),
+                str(weights),
+                checkpoint_tied=bool(values.get("tie_word_embeddings", True)),
+            )
+    except SafetensorError as err:
+        raise ValueError(f"{weights}: not a readable safetensors file: {err}") from None
+    return model
+
+
+def _tf_name_to_hf(name: str) -> str:
+    """``model/h3/attn/c_attn/w`` -> ``h.3.attn.c_attn.weight``; ``model/wte`` -> ``wte.weight``.
+    Names outside ``model/`` are kept, so they are reported as unexpected."""
+    parts = name.split("/")
+    if parts[0] != "model":
+        return name
+    parts = parts[1:]
+    if re.fullmatch(r"h\d+", parts[0]):
+        parts[0:1] = ["h", parts[0][1:]]
+    suffixes = {"g": "weight", "b": "bias", "w": "weight"}
+    if parts[-1] in suffixes:
+        parts[-1] = suffixes[parts[-1]]
+    else:
+        parts.append("weight")
+    return ".".join(parts)
+
+
+def _load_tf_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
+    """OpenAI's original checkpoint: ``hparams.json`` plus TensorFlow ``model.ckpt.*`` files,
+    read one variable at a time with ``tf.train.load_variable``."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError(
+            f"{folder} is an OpenAI TensorFlow checkpoint; reading it needs TensorFlow: "
+            'pip install "llmprep[tf]"'
+        ) from None
+    hparams = _read_json(folder / TF_HPARAMS_FILE)
+    renamed = {"n_vocab": "vocab_size", "n_ctx": "n_positions"}
+    values = {renamed.get(key, key): value for key, value in hparams.items()}
+    config = _config_from_hf(values, folder / TF_HPARAMS_FILE, overrides)
+    prefix = tf.train.latest_checkpoint(str(folder))
+    if prefix is None:
+        raise FileNotFoundError(f"{folder / TF_INDEX_FILE}: names no model.ckpt files that exist")
+    stored: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for tf_name, shape in tf.train.list_variables(prefix):
+        name = _tf_name_to_hf(tf_name)
+        stored[name] = tf_name
+        shapes[name] = (
+            tuple(shape[1:]) if tf_name.endswith("/w") and shape[0] == 1 else tuple(shape)
+        )
+
+    def read(name: str) -> torch.Tensor:
+        array = tf.train.load_variable(prefix, stored[name])
+        return torch.from_numpy(array.reshape(shapes[name]))
+
+    model = _empty_model(config)
+    _fill(model, shapes, read, prefix, checkpoint_tied=True)
+    return model
+
+
+def _download(repo_id: str) -> Path:
+    """The local folder holding ``repo_id``'s config and safetensors weights (hub cache)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        hf_hub_download(repo_id, CONFIG_FILE)
+        return Path(hf_hub_download(repo_id, WEIGHTS_FILE)).parent
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise ConnectionError(
+            f"could not reach the Hugging Face hub for {repo_id!r} (HF_HUB_OFFLINE={offline}) "
+            "and it is not in the local hub cache. Point init_from at a local folder holding "
+            f"{WEIGHTS_FILE} and {CONFIG_FILE}, or at one of our checkpoints (.ckpt), instead."
+        ) from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"{repo_id!r} is neither a local folder nor a model on the hub") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(
+            f"hub model {repo_id!r} has no {CONFIG_FILE} or {WEIGHTS_FILE}; only safetensors "
+            "weights are loaded"
+        ) from None
+    except HFValidationError:
+        raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid hub id") from None
+
+
+def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPT:
+    """A ``GPT`` holding GPT-2 weights, in eval mode.
+
+    ``name_or_path`` is a local folder (Hugging Face layout, or OpenAI's TensorFlow checkpoint
+    recognised by ``hparams.json`` + ``checkpoint``), a hub id such as
+    ``openai-community/gpt2-medium``, or a bare name from ``HUB_ALIASES``. Anything that looks
+    like a path (starts with ``/``, ``.`` or ``~``) is never sent to the hub. ``overrides`` are
+    ``GPTConfig`` fields, e.g. ``dropout=0.1`` or a smaller ``context_length``.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"{path} is a file; load_pretrained reads a folder ({CONFIG_FILE} + {WEIGHTS_FILE}); "
+            "for one of our checkpoints (.ckpt) point init_from at it instead"
+        )
+    if path.is_dir():
+        if (path / TF_HPARAMS_FILE).is_file() and (path / TF_INDEX_FILE).is_file():
+            model = _load_tf_folder(path, overrides)
+        else:
+            model = _load_safetensors_folder(path, overrides)
+    elif text.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"no such folder: {path}")
+    else:
+        model = _load_safetensors_folder(_download(HUB_ALIASES.get(text, text)), overrides)
+    return model.eval()
+
+
+def _hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
+    """``config.json`` of a ``transformers`` GPT-2 equivalent to a model with ``config``."""
+    gpt2_tokens = config.vocab_size > 50256
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_ctx": config.context_length,
+        "n_embd": config.emb_dim,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "bos_token_id": 50256 if gpt2_tokens else None,
+        "eos_token_id": 50256 if gpt2_tokens else None,
+        "tie_word_embeddings": tied,
+    }
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write to; renamed onto ``path`` only on success."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_hf(model: GPT, out_dir: str | Path) -> Path:
+    """Write ``model`` to ``out_dir`` as a ``transformers`` GPT-2 (``config.json`` +
+    ``model.safetensors``); returns ``out_dir``.
+
+    A model without query/key/value biases gets zero ones (GPT-2 always has them). An untied head
+    is written as ``lm_head.weight`` with ``tie_word_embeddings: false``. Each file is written
+    under a temporary name and renamed, so an interrupted export never leaves a half-written file;
+    other files in ``out_dir`` are kept.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, GPT):
+        raise TypeError(f"export_hf expects a GPT, got {type(model).__name__}")
+    config = model.config
+    head = model.out_head
+    if not (
+        isinstance(head, nn.Linear) and head.bias is None and head.out_features == config.vocab_size
+    ):
+        raise ValueError(
+            f"export_hf writes a language model, but out_head is {head} rather than "
+            f"Linear({config.emb_dim}, {config.vocab_size}, bias=False) (a classifier head?)"
+        )
+    tied = head.weight is model.tok_emb.weight
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    zeros = torch.zeros(config.emb_dim, dtype=params["tok_emb.weight"].dtype)
+    tensors = {}
+    for entry in _layout(dataclasses.replace(config, qkv_bias=True, tie_weights=tied)):
+        stacked = torch.cat(
+            [params[name].cpu() if name in params else zeros for name in entry.ours]
+        )
+        key = entry.hf if entry.hf == "lm_head.weight" else f"transformer.{entry.hf}"
+        tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _replacing(out / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with _replacing(out / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(_hf_config(config, tied), indent=2) + "\n", encoding="utf-8")
+    return out
