@@ -138,3 +138,18 @@ def test_split_tokens_returns_views():
 def test_split_tokens_refuses_fractions_outside_zero_one(fraction):
     with pytest.raises(ValueError, match="train_fraction"):
         split_tokens(np.arange(10), fraction)
+
+
+def test_jsonl_lines_are_documents_of_their_own(tmp_path, cache):
+    tok = get_tokenizer()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "Hello there"}\n\n{"text": "General"}\n', encoding="utf-8")
+    expected = [*tok.encode("Hello there"), tok.eot_id, *tok.encode("General")]
+    assert build_token_store([corpus]).tokens.tolist() == expected
+
+
+def test_jsonl_line_without_text_names_file_and_line(tmp_path, cache):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "ok"}\n{"body": "no"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2"):
+        build_token_store([corpus])

@@ -73,7 +73,8 @@ class TokenStore:
 def build_token_store(
     paths: Sequence[str | Path], tokenizer_name: str = "gpt2", *, chunk_chars: int = CHUNK_CHARS
 ) -> TokenStore:
-    """The token store of ``paths`` (one document per file), built only when needed.
+    """The token store of ``paths`` (one document per file, or per line of a ``.jsonl`` file),
+    built only when needed.
 
     Documents are joined by the tokenizer's end-of-text id (between documents, not after the
     last); a literal ``<|endoftext|>`` inside a file is ordinary text. An existing store is
@@ -207,11 +208,40 @@ def _build(
 
 
 def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
-    """The text chunks of every file, with ``None`` marking each boundary between documents."""
-    for index, file in enumerate(files):
-        if index:
-            yield None
-        yield from _text_chunks(file, chunk_chars)
+    """The text chunks of every document, with ``None`` marking each boundary between documents."""
+    first = True
+    for file in files:
+        for document in _documents(file, chunk_chars):
+            if not first:
+                yield None
+            first = False
+            yield from document
+
+
+def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
+    """The documents of one file: the whole text, or each record's ``text`` of a ``.jsonl`` file.
+
+    JSON Lines lets one file hold many documents (a downloaded hub dataset, a scraped corpus)
+    that still get their own end-of-text separators.
+    """
+    if file.suffix != ".jsonl":
+        yield _text_chunks(file, chunk_chars)
+        return
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{file}, line {number}: expected a JSON object with a string `text` ({err})"
+                ) from None
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"{file}, line {number}: `text` is {type(text).__name__}, not a string"
+                )
+            yield [text] if text else []
 
 
 def _text_chunks(file: Path, chunk_chars: int) -> Iterator[str]:

@@ -1,0 +1,47 @@
+"""Text datasets from the Hugging Face hub, saved once as JSON Lines for the token store."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from llmprep.data.sources import cache_dir
+
+
+def hub_text_file(dataset: str, config: str | None, split: str, text_field: str) -> Path:
+    """A ``.jsonl`` file in the cache with one ``{"text": ...}`` document per dataset record.
+
+    Fetched once with ``datasets.load_dataset`` (which needs a network, or the datasets cache),
+    then reused; each record stays its own document, separated by ``<|endoftext|>`` in the store.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (dataset, config, split) if p))
+    target = cache_dir() / "hub" / f"{name}.{text_field}.jsonl"
+    if target.is_file():
+        return target
+    from datasets import load_dataset
+
+    try:
+        records = load_dataset(dataset, config, split=split)
+    except Exception as err:
+        raise RuntimeError(
+            f"data.hf_dataset={dataset!r} (config {config!r}, split {split!r}) could not be "
+            f"loaded from the Hugging Face hub: {err}. Offline, save the texts to files and use "
+            "`data=text_files data.paths=[...]`."
+        ) from err
+    if text_field not in records.column_names:
+        raise ValueError(
+            f"data.hf_text_field={text_field!r} is not a column of {dataset}: {records.column_names}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for text in records[text_field]:
+                out.write(json.dumps({"text": text}) + "\n")
+        os.replace(temp, target)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    return target

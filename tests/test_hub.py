@@ -1,0 +1,32 @@
+"""Hub text datasets become one JSON Lines document per record, reused from the cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmprep.data.hub import hub_text_file
+
+
+def test_local_dataset_folder_becomes_jsonl_documents(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPREP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "stories"
+    folder.mkdir()
+    (folder / "train.csv").write_text(
+        'text,n\n"Once upon a time",1\n"The end",2\n', encoding="utf-8"
+    )
+    path = hub_text_file(str(folder), None, "train", "text")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert lines == [{"text": "Once upon a time"}, {"text": "The end"}]
+    (folder / "train.csv").unlink()
+    assert hub_text_file(str(folder), None, "train", "text") == path
+
+
+def test_unknown_text_field_names_the_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPREP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "stories"
+    folder.mkdir()
+    (folder / "train.csv").write_text("body\nhello\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"hf_text_field='text'.*\['body'\]"):
+        hub_text_file(str(folder), None, "train", "text")
