@@ -33,7 +33,8 @@ def hub_text_file(dataset: str, config: str | None, split: str, text_field: str)
         ) from err
     if text_field not in records.column_names:
         raise ValueError(
-            f"data.hf_text_field={text_field!r} is not a column of {dataset}: {records.column_names}"
+            f"data.hf_text_field={text_field!r} is not a column of {dataset}: "
+            f"{records.column_names}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")

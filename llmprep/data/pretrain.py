@@ -1,4 +1,4 @@
-"""The pretraining data: a corpus tokenized once into the token store, sampled as sliding windows."""
+"""Pretraining data: a corpus tokenized once into the token store, sampled as sliding windows."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.max_length = max_length or context_length
         if self.max_length > context_length:
             raise ValueError(
-                f"data.max_length={self.max_length} exceeds the model's context_length={context_length}"
+                f"data.max_length={self.max_length} exceeds the model's "
+                f"context_length={context_length}"
             )
         self.stride = stride or self.max_length
         self.train_fraction = train_fraction

@@ -40,10 +40,14 @@ def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
-        raise ValueError(f"init_from={str(path)!r}: not a readable llmprep checkpoint ({err})") from err
+        raise ValueError(
+            f"init_from={str(path)!r}: not a readable llmprep checkpoint ({err})"
+        ) from err
     hparams = ckpt.get("hyper_parameters", {})
     if "model_config" not in hparams:
-        raise ValueError(f"init_from={str(path)!r}: checkpoint has no `model_config` hyperparameters")
+        raise ValueError(
+            f"init_from={str(path)!r}: checkpoint has no `model_config` hyperparameters"
+        )
     model_config = dict(hparams["model_config"])
     if dropout is not None:
         model_config["dropout"] = dropout
@@ -51,7 +55,9 @@ def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT
     model = GPT(GPTConfig(**model_config))
     head = state.get("out_head.weight")
     if head is not None and head.shape[0] != model.out_head.out_features:
-        model.out_head = torch.nn.Linear(head.shape[1], head.shape[0], bias="out_head.bias" in state)
+        model.out_head = torch.nn.Linear(
+            head.shape[1], head.shape[0], bias="out_head.bias" in state
+        )
     model.load_state_dict(state)
     return model
 
@@ -74,7 +80,9 @@ def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:
 
         model = load_pretrained(str(init_from), dropout=config.dropout)
     loaded = asdict(model.config)
-    differing = {k: (getattr(config, k), loaded[k]) for k in ARCH_KEYS if getattr(config, k) != loaded[k]}
+    differing = {
+        k: (getattr(config, k), loaded[k]) for k in ARCH_KEYS if getattr(config, k) != loaded[k]
+    }
     if differing:
         log.warning(
             "model=%s differs from init_from=%s in %s; using the checkpoint's architecture",

@@ -36,7 +36,9 @@ def build_adamw(
     groups = param_groups(named_params, optim["weight_decay"], optim.get("decay_all", False))
     params = [p for g in groups for p in g["params"]]
     if not params:
-        raise ValueError("no trainable parameters: check the stage's `trainable` and `lora` settings")
+        raise ValueError(
+            "no trainable parameters: check the stage's `trainable` and `lora` settings"
+        )
     fused = all(p.is_cuda for p in params)
     return torch.optim.AdamW(
         groups,

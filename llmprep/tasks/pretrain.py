@@ -43,7 +43,9 @@ class PretrainTask(GPTTask):
         task = cls(plain_config(cfg), asdict(model.config), model=model)
         return task, datamodule
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         inputs, targets = batch
         loss = lm_loss(self.model(inputs), targets)
         step_tokens = self.count_tokens(inputs.numel())
@@ -68,11 +70,13 @@ class PretrainTask(GPTTask):
         """Print a continuation of the sample prompt by the final model."""
         if trainer.is_global_zero:
             sample = self.config["sample"]
-            text = self.complete(sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"])
+            text = self.complete(
+                sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
+            )
             print(f"\nSample after training:\n{sample['prompt']}{text}\n")
 
     def log_sample(self) -> str:
-        """Generate from the configured prompt and log the text (W&B table, console); rank 0 only."""
+        """Generate from the sample prompt and log the text (W&B table, console); rank 0 only."""
         sample = self.config["sample"]
         text = self.complete(
             sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
@@ -81,7 +85,7 @@ class PretrainTask(GPTTask):
         self.samples.append([self.global_step, self.tokens_seen, sample["prompt"] + text])
         for lg in self.loggers:
             if hasattr(lg, "log_text"):
-                lg.log_text(key="samples", columns=["step", "tokens_seen", "text"], data=self.samples)
+                lg.log_text(
+                    key="samples", columns=["step", "tokens_seen", "text"], data=self.samples
+                )
         return text
-
-

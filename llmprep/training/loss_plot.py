@@ -10,11 +10,11 @@ import lightning as L
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 class LossPlot(L.Callback):
-    """Records losses during fitting and writes ``loss.png`` at the end, like the book's ch. 5 figure.
+    """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
 
     The history is part of the checkpoint, so a resumed run plots its whole course.
     """
@@ -25,7 +25,12 @@ class LossPlot(L.Callback):
         self.val: list[tuple[int, float, float]] = []
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
