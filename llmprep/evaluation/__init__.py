@@ -1,0 +1,1 @@
+"""Evaluation beyond the loss: scoring generated responses with an LLM judge."""
