@@ -434,9 +434,10 @@ class InstructDataModule(L.LightningDataModule):
     length (``BucketBatchSampler``). Validation and test batches keep file order.
 
     ``context_length`` and ``output_dir`` come from the stage; with ``output_dir`` the splits are
-    saved there as ``train.json``, ``val.json`` and ``test.json`` (a folder that reads back as
-    split input). The raw records stay available as ``train_records``, ``val_records`` and
-    ``test_records`` for generating and judging responses.
+    saved there as ``train.json``, ``val.json`` and ``test.json`` with the canonical field names
+    (a folder that reads back as split input with the default ``fields``). The raw records stay
+    available as ``train_records``, ``val_records`` and ``test_records`` for generating and
+    judging responses.
     """
 
     def __init__(
