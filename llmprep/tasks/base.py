@@ -37,9 +37,16 @@ class GPTTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.config = config
-        self.model = model if model is not None else GPT(GPTConfig(**model_config))
+        self.model = self.adapt_model(model if model is not None else GPT(GPTConfig(**model_config)))
         self.tokens_seen = 0
         self._step_started = 0.0
+
+    def adapt_model(self, model: GPT) -> torch.nn.Module:
+        """The stage's changes to the GPT before training (a new head, frozen parts).
+
+        Runs in ``__init__``, so a model restored by ``load_from_checkpoint`` gets them too.
+        """
+        return model
 
     @property
     def tokenizer(self):

@@ -1,0 +1,82 @@
+"""What every stage's evaluation shares: loading the checkpoint, a table, a JSON file beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class, get_method
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from llmprep.tasks.base import GPTTask
+
+
+def checkpoint_stage(ckpt_path: Path) -> str:
+    """The stage a checkpoint was trained by (read safely, without unpickling code)."""
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        return ckpt["hyper_parameters"]["config"]["stage"]["name"]
+    except (KeyError, TypeError):
+        raise ValueError(f"ckpt_path={str(ckpt_path)!r} is not an llmprep checkpoint") from None
+
+
+def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
+    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``."""
+    trained = checkpoint_stage(ckpt_path)
+    if trained != stage:
+        raise ValueError(
+            f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained!r}, not {stage!r}: "
+            f"run `python evaluate.py stage={trained} ckpt_path=...`"
+        )
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    task_cls = get_class(ckpt["hyper_parameters"]["config"]["stage"]["task"])
+    task = task_cls.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
+    return task.eval()
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    """The GPU when the hardware config asks for one and it exists, else the CPU."""
+    wants_gpu = cfg.hardware.accelerator in {"gpu", "cuda", "auto"}
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows of equal keys as a table on the console."""
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+
+
+def results_path(ckpt_path: Path, suffix: str = "eval") -> Path:
+    """Where a checkpoint's results go: beside it, ``<name>.<suffix>.json``."""
+    return ckpt_path.with_name(f"{ckpt_path.stem}.{suffix}.json")
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    return path
+
+
+def run_evaluation(cfg: DictConfig) -> Any:
+    """Dispatch to the stage's evaluator (``stage.evaluator``) for ``ckpt_path``."""
+    return get_method(cfg.stage.evaluator)(cfg, Path(cfg.ckpt_path).expanduser().resolve())
