@@ -25,19 +25,20 @@ def randomize(model: nn.Module) -> None:
             p.normal_(0.0, 0.1)
 
 
-def small_hf(**overrides: object) -> GPT2LMHeadModel:
+@pytest.fixture(scope="module")
+def hf_model() -> GPT2LMHeadModel:
     config = GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
-        bos_token_id=0, eos_token_id=0, **overrides,
-    )  # fmt: skip
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        vocab_size=VOCAB,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(config).eval()
     randomize(model)
     return model
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> GPT2LMHeadModel:
-    return small_hf()
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,14 @@ def test_untying_override_copies_the_embedding_into_the_head(hf_dir: Path) -> No
 def test_export_loads_in_transformers_with_equal_logits(
     tie: bool, qkv_bias: bool, tokens: torch.Tensor, tmp_path: Path
 ) -> None:
-    config = GPTConfig(vocab_size=VOCAB, context_length=64, emb_dim=64, n_layers=2, n_heads=4,
-                       qkv_bias=qkv_bias, tie_weights=tie)  # fmt: skip
+    config = GPTConfig.from_name(
+        "gpt2-tiny",
+        vocab_size=VOCAB,
+        context_length=64,
+        n_heads=4,
+        qkv_bias=qkv_bias,
+        tie_weights=tie,
+    )
     model = GPT(config).eval()
     randomize(model)
     out = export_hf(model, tmp_path / "export")
