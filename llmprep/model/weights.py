@@ -113,7 +113,7 @@ def _config_from_hf(
     for field in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
         if field not in values:
             raise ValueError(f"{source}: missing field {field!r}")
-    unsupported = {
+    supported = {
         "model_type": values.get("model_type", "gpt2") == "gpt2",
         "activation_function": values.get("activation_function", "gelu_new")
         in ("gelu_new", "gelu_pytorch_tanh"),
@@ -124,7 +124,7 @@ def _config_from_hf(
         "scale_attn_weights": values.get("scale_attn_weights", True) is True,
         "scale_attn_by_inverse_layer_idx": not values.get("scale_attn_by_inverse_layer_idx", False),
     }
-    for field, ok in unsupported.items():
+    for field, ok in supported.items():
         if not ok:
             raise ValueError(
                 f"{source}: {field}={values[field]!r} is not supported by llmprep's GPT"
@@ -145,7 +145,10 @@ def _config_from_hf(
         "qkv_bias": True,
         "tie_weights": bool(values.get("tie_word_embeddings", True)),
     }
-    return GPTConfig.from_dict({**base, **overrides})
+    try:
+        return GPTConfig.from_dict({**base, **overrides})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
