@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -153,6 +154,32 @@ def test_batched_answers_equal_one_prompt_at_a_time() -> None:
     alone = task.respond(records, max_new_tokens=6, batch_size=1)
     batched = task.respond(records, max_new_tokens=6, batch_size=4)
     assert batched == alone
+
+
+def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path) -> None:
+    task = tiny_task()
+    task.config |= {
+        "seed": 1,
+        "generation": {
+            "max_new_tokens": 2,
+            "temperature": 0.0,
+            "top_k": None,
+            "limit": None,
+            "batch_size": 8,
+        },
+    }
+    tested = []
+    trainer = SimpleNamespace(
+        checkpoint_callback=None,
+        test=lambda *args, **kwargs: tested.append(kwargs["ckpt_path"]),
+        is_global_zero=True,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        default_root_dir=str(tmp_path),
+        fast_dev_run=True,
+    )
+    task.after_fit(trainer, SimpleNamespace(test_records=instruction_records(5)))
+    assert tested == [None]  # no checkpoint kept: the final weights are tested
+    assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 1
 
 
 def test_equal_length_batches_group_lengths_and_cap_the_batch() -> None:

@@ -264,7 +264,8 @@ class InstructTask(GPTTask):
         test split in ``<run>/test_responses.json``.
 
         The best checkpoint is the one ``ModelCheckpoint`` kept by the stage's monitor; without
-        one (no validation ran) the final weights are used.
+        one (no validation ran, ``fast_dev_run``) the final weights are used. A ``fast_dev_run``
+        smoke test answers only as many records as it runs batches, not the whole split.
         """
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
@@ -274,9 +275,12 @@ class InstructTask(GPTTask):
         if not trainer.is_global_zero:
             return
         self.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
-        answered = self.answer_test_split(
-            datamodule.test_records, self.config["generation"], self.config["seed"]
-        )
+        generation = dict(self.config["generation"])
+        if trainer.fast_dev_run:
+            runs = int(trainer.fast_dev_run)
+            limit = generation.get("limit")
+            generation["limit"] = runs if limit is None else min(runs, limit)
+        answered = self.answer_test_split(datamodule.test_records, generation, self.config["seed"])
         path = Path(trainer.default_root_dir) / RESPONSES_FILE
         write_records(answered, path)
         print(f"\n{len(answered)} test responses written to {path}")
