@@ -11,6 +11,15 @@ from typing import Any
 import torch
 
 from llmprep.model import GPT, GPTConfig
+from llmprep.model.lora import (
+    CHECKPOINT_KEY,
+    LoraSettings,
+    apply_lora,
+    base_reference,
+    check_base,
+    fill_base_tensors,
+    merge_lora,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +32,9 @@ def model_config_from(model_cfg: Mapping[str, Any]) -> GPTConfig:
 
 
 def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
-    """The GPT's own weights in a task checkpoint (the tasks keep the model at ``self.model``)."""
+    """The GPT's weights as a task checkpoint stores them (the tasks keep the model at
+    ``self.model``). A LoRA run's hold its adapters and leave out its referenced base: use
+    :func:`checkpoint_model` for the merged weights."""
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
@@ -31,18 +42,44 @@ def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str
     return state
 
 
-def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT:
-    """Our GPT with the weights of one of our Lightning checkpoints (any stage).
-
-    Read with ``torch.load(weights_only=True)``: tensors and plain config only, no pickled code.
-    """
-    path = Path(path)
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """One of our Lightning checkpoints, read with ``torch.load(weights_only=True)``: tensors and
+    plain config only, no pickled code."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
         raise ValueError(
             f"init_from={str(path)!r}: not a readable llmprep checkpoint ({err})"
         ) from err
+
+
+def _fit_head(model: GPT, state: Mapping[str, torch.Tensor]) -> None:
+    """Give ``model`` the head ``state`` holds when it is not the vocabulary projection (a
+    classifier's ``out_head``, stored plain or as a LoRA layer's ``base_layer``)."""
+    for prefix in ("out_head.", "out_head.base_layer."):
+        head = state.get(prefix + "weight")
+        if head is not None and head.shape[0] != model.out_head.out_features:
+            model.out_head = torch.nn.Linear(
+                head.shape[1], head.shape[0], bias=prefix + "bias" in state
+            )
+
+
+def load_lora_base(reference: Mapping[str, str], model_cfg: Mapping[str, Any]) -> GPT:
+    """The base weights a LoRA checkpoint references (``{"init_from", "sha256"}``), checked
+    against the recorded sha256 so adapters never land on weights they were not trained on."""
+    model = build_model(model_cfg, reference["init_from"])
+    check_base(reference, base_reference(reference["init_from"]))
+    return model
+
+
+def checkpoint_model(
+    ckpt: Mapping[str, Any], path: str | Path, dropout: float | None = None
+) -> GPT:
+    """Our GPT with the weights of a checkpoint read by :func:`read_checkpoint` (any stage).
+
+    A LoRA run's checkpoint gives its base (re-loaded from the reference it records, or stored in
+    it when the base was random) with the adapters merged in: a plain GPT.
+    """
     hparams = ckpt.get("hyper_parameters", {})
     if "model_config" not in hparams:
         raise ValueError(
@@ -52,14 +89,28 @@ def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT
     if dropout is not None:
         model_config["dropout"] = dropout
     state = checkpoint_state_dict(ckpt, path)
-    model = GPT(GPTConfig(**model_config))
-    head = state.get("out_head.weight")
-    if head is not None and head.shape[0] != model.out_head.out_features:
-        model.out_head = torch.nn.Linear(
-            head.shape[1], head.shape[0], bias="out_head.bias" in state
-        )
-    model.load_state_dict(state)
-    return model
+    lora = ckpt.get(CHECKPOINT_KEY)
+    if lora is None:
+        model = GPT(GPTConfig(**model_config))
+        _fit_head(model, state)
+        model.load_state_dict(state)
+        return model
+    if lora.get("base") is not None:
+        model_cfg = {**hparams["config"]["model"], "dropout": model_config["dropout"]}
+        model = load_lora_base(lora["base"], model_cfg)
+    else:
+        model = GPT(GPTConfig(**model_config))
+    _fit_head(model, state)
+    base = model.state_dict()
+    apply_lora(model, LoraSettings.from_config(lora))
+    model.load_state_dict(fill_base_tensors(model, state, base, str(path)))
+    return merge_lora(model)
+
+
+def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT:
+    """Our GPT with the weights of one of our Lightning checkpoints (any stage; a LoRA run's
+    merged, see :func:`checkpoint_model`)."""
+    return checkpoint_model(read_checkpoint(path), path, dropout)
 
 
 def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:

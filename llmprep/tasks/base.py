@@ -1,11 +1,18 @@
-"""The LightningModule all stages share: our GPT built from plain config, AdamW and its schedule.
+"""The LightningModule all stages share: our GPT built from plain config, AdamW and its schedule,
+and LoRA adapters for any stage.
 
 Hyperparameters are the run's resolved config as plain dicts (never modules), so
 ``load_from_checkpoint`` rebuilds the exact model without the Hydra run around it.
+
+With ``lora.rank > 0`` a LoRA run's checkpoints hold only what the run changed (adapters, and
+tensors the stage added such as a new head) plus a reference to the base weights (``init_from``
+and its sha256); loading re-reads the base from there. A run from a random base (``init_from:
+null``) has no base to refer to, so its checkpoints store the base too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -17,6 +24,16 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from llmprep.generate import generate
 from llmprep.model import GPT, GPTConfig
+from llmprep.model.init import load_lora_base
+from llmprep.model.lora import (
+    CHECKPOINT_KEY,
+    LoraSettings,
+    apply_lora,
+    base_name,
+    base_reference,
+    check_base,
+    fill_base_tensors,
+)
 from llmprep.tasks.optim import build_adamw, lr_lambda
 from llmprep.tokenizer import get_tokenizer
 
@@ -29,6 +46,11 @@ class GPTTask(L.LightningModule):
     ``config`` is the whole resolved run config (plain dict); ``model_config`` the final
     architecture (a ``GPTConfig`` as dict: with ``init_from`` it is the pretrained model's).
     ``model`` lets ``from_config`` hand in a GPT with loaded weights; it is not a hyperparameter.
+
+    With ``config["lora"]["rank"] > 0`` the adapted model gets LoRA adapters (``self.lora``
+    holds the settings, targets resolved) and only they, and layers the stage added outside the
+    adapted ones, train. Built without ``model``, a LoRA task from a pretrained base gets its base
+    weights from the checkpoint it is loaded from.
     """
 
     def __init__(
@@ -37,9 +59,34 @@ class GPTTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.config = config
-        self.model = self.adapt_model(model if model is not None else GPT(GPTConfig(**model_config)))
+        base = model if model is not None else GPT(GPTConfig(**model_config))
+        base_tensors = {id(t) for t in base.state_dict(keep_vars=True).values()}
+        self.model = self.adapt_model(base)
+        self.lora = LoraSettings.from_config(config.get("lora"))
+        if self.lora is not None:
+            self._setup_lora(base_tensors, holds_base=model is not None)
         self.tokens_seen = 0
         self._step_started = 0.0
+
+    def _setup_lora(self, base_tensors: set[int], holds_base: bool) -> None:
+        """Inject the adapters and note what checkpoints must store and which base they refer to.
+
+        Stored: every tensor not from the base (adapters, a new head) and anything trainable.
+        ``holds_base`` says whether the model holds ``init_from``'s weights already (``model``
+        handed in); otherwise a checkpoint must supply them before the task can be saved.
+        """
+        added = [
+            t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in base_tensors
+        ]
+        targets = apply_lora(self.model, self.lora, added)
+        self.lora = dataclasses.replace(self.lora, targets=targets)
+        state = self.model.state_dict(keep_vars=True)
+        self._lora_stored = frozenset(
+            name for name, t in state.items() if id(t) not in base_tensors or t.requires_grad
+        )
+        init_from = self.config.get("init_from")
+        self._lora_base = base_reference(init_from) if init_from and holds_base else None
+        self._lora_base_loaded = holds_base or not init_from
 
     def adapt_model(self, model: GPT) -> torch.nn.Module:
         """The stage's changes to the GPT before training (a new head, frozen parts).
@@ -111,10 +158,57 @@ class GPTTask(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record ``tokens_seen``; for a LoRA run, drop the referenced base weights and record
+        the settings and base reference (subclasses overriding this must call it)."""
         checkpoint["tokens_seen"] = self.tokens_seen
+        if self.lora is None:
+            return
+        if not self._lora_base_loaded:
+            raise RuntimeError(
+                f"this LoRA task was built without its base weights (init_from="
+                f"{self.config.get('init_from')!r}): build it with from_config, or restore it "
+                "with load_from_checkpoint, before saving it"
+            )
+        if self._lora_base is not None:
+            state = checkpoint["state_dict"]
+            for name in self.model.state_dict():
+                if name not in self._lora_stored:
+                    state.pop(f"model.{name}", None)
+        checkpoint[CHECKPOINT_KEY] = {**self.lora.to_dict(), "base": self._lora_base}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore ``tokens_seen``; for a LoRA run, put the base weights back into the state dict
+        (from the model when it holds the same base, else re-read from the recorded reference),
+        so Lightning's strict loading sees a complete state (subclasses must call it)."""
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if self.lora is None:
+            if stored is not None:
+                raise ValueError(
+                    f"the checkpoint holds LoRA adapters (rank {stored.get('rank')}) but this "
+                    "run has lora.rank=0: set the same lora settings to resume it"
+                )
+            return
+        if stored is None:
+            raise ValueError(
+                f"the checkpoint was trained without LoRA but this run has lora.rank="
+                f"{self.lora.rank}: resume it with lora.rank=0, or start a LoRA run from it "
+                "with init_from=<checkpoint>"
+            )
+        reference = stored.get("base")
+        base: dict[str, torch.Tensor] = {}
+        if reference is not None and self._lora_base_loaded and self._lora_base is not None:
+            check_base(reference, self._lora_base)
+            base = {base_name(n): t for n, t in self.model.state_dict().items()}
+        elif reference is not None:
+            base = load_lora_base(reference, self.config["model"]).state_dict()
+        self._lora_base, self._lora_base_loaded = reference, True
+        state = checkpoint["state_dict"]
+        stored_model = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        full = fill_base_tensors(
+            self.model, stored_model, base, "the LoRA checkpoint", required=self._lora_stored
+        )
+        state.update({f"model.{name}": t for name, t in full.items()})
 
     @torch.no_grad()
     def complete(

@@ -1,0 +1,298 @@
+"""LoRA adapters on our GPT through peft: which layers get them, how they are injected, frozen
+and merged back, and the reference to the base weights a LoRA checkpoint is stored against.
+
+Adapters are injected with ``peft.inject_adapter_in_model`` rather than wrapped in a
+``PeftModel``: the model stays our ``GPT``, so its attributes (``config``, ``out_head``,
+``blocks``), its ``forward(idx, kv_cache=...)``, ``generate``, a stage's own forward and weight
+export all work unchanged, and nothing depends on peft's transformers-oriented wrapper
+(``save_pretrained``, hub configs). The cost is only in names: an adapted layer's base weight is
+``<layer>.base_layer.weight`` and its adapters ``<layer>.lora_A.default.weight`` /
+``<layer>.lora_B.default.weight``.
+
+Scaling follows peft: an adapted Linear computes ``W x + (alpha / rank) * B A x``. (The book's
+appendix E code multiplies by ``alpha`` alone; rank 16 with its alpha 16 is alpha 256 here.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmprep.data.sources import file_sha256
+from llmprep.model.gpt import GPT
+
+log = logging.getLogger(__name__)
+
+BLOCK_TARGETS = ("query", "key", "value", "out_proj", "fc", "proj")
+"""Every Linear layer of a transformer block: the default LoRA targets."""
+
+HEAD = "out_head"
+CHECKPOINT_KEY = "lora"
+"""Key of a LoRA run's checkpoint entry: its settings and the reference to its base weights."""
+
+ADAPTER_MARKERS = (".lora_A.", ".lora_B.")
+BASE_LAYER = ".base_layer"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The ``lora`` config group, checked. ``targets=None`` means the default targets, resolved
+    against a model by :func:`resolve_targets`."""
+
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"lora.rank must be a positive integer (0 = off), got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
+            raise ValueError(f"lora.alpha must be a number, got {self.alpha!r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
+            raise ValueError(f"lora.dropout must be a number, got {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.targets is not None and (
+            not self.targets or not all(isinstance(t, str) and t for t in self.targets)
+        ):
+            raise ValueError(
+                f"lora.targets must be null or a non-empty list of layer names, got "
+                f"{list(self.targets)!r}"
+            )
+
+    @property
+    def scaling(self) -> float:
+        """The factor on ``B A x`` (peft's ``alpha / rank``)."""
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> LoraSettings | None:
+        """Settings from the ``lora`` config group (or a checkpoint's entry); ``None`` when
+        absent or ``rank`` is 0."""
+        if not cfg or cfg.get("rank", 0) == 0:
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known - {"base"})
+        if unknown:
+            raise ValueError(
+                f"unknown lora setting(s) {', '.join(unknown)}; "
+                f"settings: {', '.join(sorted(known))}"
+            )
+        targets = cfg.get("targets")
+        if isinstance(targets, str):
+            targets = [targets]
+        return cls(
+            rank=cfg["rank"],
+            alpha=cfg.get("alpha", 16),
+            dropout=cfg.get("dropout", 0.0),
+            targets=tuple(targets) if targets is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for checkpoints and logs."""
+        values = dataclasses.asdict(self)
+        values["targets"] = list(self.targets) if self.targets is not None else None
+        return values
+
+
+def has_classifier_head(model: GPT) -> bool:
+    """Whether ``out_head`` was replaced by a head other than the vocabulary projection."""
+    head = model.out_head
+    return not (isinstance(head, nn.Linear) and head.out_features == model.config.vocab_size)
+
+
+def _matches(module_name: str, target: str) -> bool:
+    """peft's rule for a plain target name: the full module name or its last dotted parts."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def resolve_targets(model: GPT, targets: Iterable[str] | None) -> tuple[str, ...]:
+    """The layer names LoRA adapts in ``model``: ``targets``, checked, or by default every
+    Linear of the blocks plus ``out_head`` when it is a classifier head.
+
+    The 50,257-way LM head is left out by default: its adapter alone would hold 0.8M of gpt2-small's
+    3.5M LoRA parameters while the token embeddings it projects onto stay as they are; list
+    ``out_head`` to adapt it anyway. Each name must match at least one Linear layer, so a typo is
+    an error rather than a silently unadapted model.
+    """
+    if targets is None:
+        return BLOCK_TARGETS + ((HEAD,) if has_classifier_head(model) else ())
+    targets = tuple(targets)
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for target in targets:
+        if not any(_matches(name, target) for name in linear):
+            names = sorted({name.rsplit(".", 1)[-1] for name in linear})
+            raise ValueError(
+                f"lora.targets: {target!r} matches no Linear layer of the model; "
+                f"its Linear layers are named {', '.join(names)}"
+            )
+    return targets
+
+
+def apply_lora(
+    model: GPT, settings: LoraSettings, added: Collection[torch.Tensor] = ()
+) -> tuple[str, ...]:
+    """Inject LoRA adapters into ``model`` in place and freeze its base weights; return the
+    targets used.
+
+    ``added`` are the tensors a stage added to the base model (e.g. a new classifier head). Those
+    in a layer LoRA adapts are frozen like any base weight, as in the book's appendix E (a random
+    head plus its adapter); those outside keep the trainability the stage gave them, since they
+    have no trained base to adapt.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = resolve_targets(model, settings.targets)
+    added_ids = {id(t) for t in added}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad and id(p) in added_ids}
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(targets),
+        bias="none",
+    )
+    inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        if id(p) in trainable and BASE_LAYER + "." not in name:
+            p.requires_grad = True
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "LoRA rank %d, alpha %g (scaling %g) on %s: %s trainable of %s parameters (%.2f%%)",
+        settings.rank,
+        settings.alpha,
+        settings.scaling,
+        ", ".join(targets),
+        f"{trained:,}",
+        f"{total:,}",
+        100 * trained / total,
+    )
+    return targets
+
+
+def is_adapter(name: str) -> bool:
+    """Whether the state-dict entry ``name`` is a LoRA adapter tensor."""
+    return any(marker in name for marker in ADAPTER_MARKERS)
+
+
+def base_name(name: str) -> str:
+    """The plain GPT name of a tensor of a LoRA-injected model (``base_layer`` removed)."""
+    return name.replace(BASE_LAYER, "")
+
+
+def merge_lora(model: GPT) -> GPT:
+    """Fold every adapter into its base weight and put the plain Linear back, in place; returns
+    ``model``, now a plain GPT computing what the adapted one computed.
+
+    A head tied to the token embeddings is untied first when it was adapted, so merging its
+    adapter does not change the embeddings too.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in layers:
+        base = layer.get_base_layer()
+        if base.weight is model.tok_emb.weight:
+            base.weight = nn.Parameter(base.weight.detach().clone())
+            model.config = dataclasses.replace(model.config, tie_weights=False)
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, base)
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def fill_base_tensors(
+    model: nn.Module,
+    stored: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor],
+    origin: str,
+    required: Collection[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A full state dict for the LoRA-injected ``model``: the tensors a checkpoint ``stored``,
+    completed with the base tensors it leaves out, taken from ``base`` (plain GPT names).
+
+    ``required`` (default: the adapters) must be stored; anything missing that the base cannot
+    give (with the right shape) is reported, naming ``origin``.
+    """
+    own = model.state_dict()
+    required = set(required) if required is not None else {n for n in own if is_adapter(n)}
+    full = dict(stored)
+    missing = []
+    for name, tensor in own.items():
+        if name in full:
+            continue
+        source = base.get(base_name(name))
+        if name in required or source is None or source.shape != tensor.shape:
+            missing.append(name)
+        else:
+            full[name] = source
+    if missing:
+        raise ValueError(
+            f"{origin}: missing {len(missing)} LoRA or stage tensor(s) such as "
+            f"{', '.join(missing[:4])}; was it trained with the same lora settings and stage?"
+        )
+    return full
+
+
+def weights_file(init_from: str) -> Path:
+    """The file holding the weights ``init_from`` names: one of our ``.ckpt`` files, a folder's
+    ``model.safetensors`` (or its OpenAI TensorFlow ``model.ckpt.data-*``), or a hub model's
+    downloaded ``model.safetensors``."""
+    from llmprep.model.weights import HUB_ALIASES, WEIGHTS_FILE
+
+    text = str(init_from)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        candidates = [path / WEIGHTS_FILE] if (path / WEIGHTS_FILE).is_file() else []
+        candidates = candidates or sorted(path.glob("model.ckpt.data-*"))
+        if len(candidates) != 1:
+            raise FileNotFoundError(
+                f"init_from={text!r}: no single weights file ({WEIGHTS_FILE} or "
+                "model.ckpt.data-*) to reference the LoRA base by"
+            )
+        return candidates[0].resolve()
+    if text.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"init_from={text!r}: no such file or folder")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(HUB_ALIASES.get(text, text), WEIGHTS_FILE))
+
+
+def base_reference(init_from: str) -> dict[str, str]:
+    """What a LoRA checkpoint records about its base: ``init_from`` (a local path made
+    absolute, so loading works from any folder; a hub id as given) and the sha256 of its weights
+    file (see :func:`weights_file`)."""
+    text = str(init_from)
+    path = Path(text).expanduser()
+    source = str(path.resolve()) if path.exists() else text
+    return {"init_from": source, "sha256": file_sha256(weights_file(text))}
+
+
+def check_base(expected: Mapping[str, str], actual: Mapping[str, str] | None) -> None:
+    """Refuse a base other than the one a LoRA checkpoint's adapters were trained on."""
+    if actual is None or actual["sha256"] != expected["sha256"]:
+        have = (
+            f"init_from={actual['init_from']!r} has sha256 {actual['sha256']}"
+            if actual is not None
+            else "this run starts from a random base (init_from=null)"
+        )
+        raise ValueError(
+            f"the LoRA checkpoint's adapters were trained on init_from={expected['init_from']!r} "
+            f"(sha256 {expected['sha256']}), but {have}; adapters only fit the base weights "
+            "they were trained on"
+        )
