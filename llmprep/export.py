@@ -1,0 +1,139 @@
+"""``python -m llmprep.export ckpt_path=<run>/checkpoints/best.ckpt out_dir=<folder>``: one of our
+checkpoints as a standalone model folder, LoRA adapters merged into their base.
+
+A language model (pretrain, instruct) becomes a Hugging Face GPT-2 folder that
+``transformers.GPT2LMHeadModel.from_pretrained`` loads. A classifier (its head is not the
+vocabulary projection) has no GPT-2 equivalent in ``transformers``, so it is written in our own
+layout: ``model.safetensors`` with our GPT's tensor names and a ``config.json`` holding its
+``GPTConfig``, class count and label names; :func:`load_classifier` reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmprep.model import GPT, GPTConfig
+from llmprep.model.init import checkpoint_model, read_checkpoint
+from llmprep.model.lora import has_classifier_head
+from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, _read_json, _replacing, export_hf
+
+CLASSIFIER_FORMAT = "llmprep-classifier"
+"""``config.json``'s ``format`` for a classifier in our layout."""
+
+
+def export_classifier(
+    model: GPT, out_dir: str | Path, label_names: Sequence[str] | None = None, **extra: Any
+) -> Path:
+    """Write a GPT with a classifier head to ``out_dir`` in our layout; returns ``out_dir``.
+
+    ``extra`` plain values (e.g. the pooling the stage read logits with) go into
+    ``config.json``. Each file is written under a temporary name and renamed.
+    """
+    from safetensors.torch import save_file
+
+    head = model.out_head
+    if not has_classifier_head(model) or not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"export_classifier writes a classifier, but out_head is {head}")
+    if label_names is not None and len(label_names) != head.out_features:
+        raise ValueError(
+            f"{len(label_names)} label names for a head of {head.out_features} classes"
+        )
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    config = {
+        "format": CLASSIFIER_FORMAT,
+        "model_config": asdict(model.config),
+        "num_classes": head.out_features,
+        "head_bias": head.bias is not None,
+        "label_names": list(label_names) if label_names is not None else None,
+        **extra,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _replacing(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    with _replacing(out / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_classifier(folder: str | Path) -> tuple[GPT, dict[str, Any]]:
+    """A classifier written by :func:`export_classifier` (in eval mode) and its ``config.json``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = _read_json(folder / CONFIG_FILE)
+    if config.get("format") != CLASSIFIER_FORMAT:
+        raise ValueError(
+            f"{folder / CONFIG_FILE}: format={config.get('format')!r}, expected "
+            f"{CLASSIFIER_FORMAT!r} (a Hugging Face GPT-2 folder loads with init_from=<folder>)"
+        )
+    model = GPT(GPTConfig.from_dict(config["model_config"]))
+    model.out_head = torch.nn.Linear(
+        model.config.emb_dim, config["num_classes"], bias=config["head_bias"]
+    )
+    model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    return model.eval(), config
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    """Export one of our checkpoints (any stage, LoRA or not; see the module docstring);
+    returns ``out_dir``."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
+    ckpt = read_checkpoint(path)
+    model = checkpoint_model(ckpt, path)
+    if not has_classifier_head(model):
+        return export_hf(model, out_dir)
+    hparams = ckpt["hyper_parameters"]
+    config = hparams.get("config", {})
+    return export_classifier(
+        model,
+        out_dir,
+        hparams.get("label_names"),
+        stage=config.get("stage", {}).get("name"),
+        pooling=config.get("classify", {}).get("pooling"),
+    )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or key not in {"ckpt_path", "out_dir"} or not value:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ckpt_path=<file.ckpt> or out_dir=<folder>"
+        )
+    return key, value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``python -m llmprep.export`` command (also ``llmprep-export``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llmprep.export",
+        description="Export a checkpoint (LoRA adapters merged) as a Hugging Face GPT-2 folder, "
+        "or a classifier in llmprep's safetensors layout.",
+    )
+    parser.add_argument("settings", nargs="+", type=_key_value, metavar="ckpt_path=... out_dir=...")
+    settings = dict(parser.parse_args(argv).settings)
+    missing = [key for key in ("ckpt_path", "out_dir") if key not in settings]
+    if missing:
+        parser.error(f"missing {' and '.join(missing)}=...")
+    try:
+        out = export_checkpoint(settings["ckpt_path"], settings["out_dir"])
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    kind = _read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
+    print(f"exported {settings['ckpt_path']} to {out} ({kind} folder)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import GPT2LMHeadModel
+
+from llmprep.export import load_classifier, main
+from llmprep.model import GPT, GPTConfig
+from llmprep.model.init import build_model
+from llmprep.tasks.base import GPTTask
+from llmprep.tasks.pretrain import PretrainTask
+
+TINY = GPTConfig(vocab_size=101, context_length=32, emb_dim=32, n_layers=2, n_heads=2)
+LABELS = ["ham", "spam"]
+
+
+def run_config(lora: dict | None = None, init_from: str | None = None) -> dict:
+    return {
+        "optim": {"lr": 5e-2, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant"},
+        "lora": lora or {"rank": 0},
+        "init_from": init_from,
+        "model": {"name": "test", **asdict(TINY)},
+        "stage": {"name": "test"},
+        "classify": {"pooling": "last"},
+    }
+
+
+class ClassifierTask(GPTTask):
+    """A classify-like stage: a new two-class head and ``label_names`` as a hyperparameter."""
+
+    def __init__(self, config, model_config, label_names, model=None) -> None:
+        super().__init__(config, model_config, model)
+
+    def adapt_model(self, model: GPT) -> GPT:
+        model.out_head = torch.nn.Linear(model.config.emb_dim, len(self.hparams["label_names"]))
+        return model
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return F.cross_entropy(self.model(inputs)[:, -1, :], targets[:, -1] % 2)
+
+
+def tokens(n: int = 8) -> torch.Tensor:
+    return torch.randint(0, TINY.vocab_size, (n, 16), generator=torch.Generator().manual_seed(0))
+
+
+def fit(task: GPTTask, path: Path) -> Path:
+    """A few real training steps, so adapters are non-zero, then the checkpoint at ``path``."""
+    data = tokens()
+    loader = DataLoader(TensorDataset(data, data.roll(-1, dims=1)), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(folder: Path) -> Path:
+    torch.manual_seed(0)
+    return fit(PretrainTask(run_config(), asdict(TINY)), folder / "base.ckpt")
+
+
+def hf_logits(out_dir: Path, idx: torch.Tensor) -> torch.Tensor:
+    model = GPT2LMHeadModel.from_pretrained(out_dir).eval()
+    with torch.no_grad():
+        return model(idx).logits
+
+
+def test_lora_language_model_exports_merged_to_transformers(base_ckpt: Path, folder: Path):
+    lora = {"rank": 4, "alpha": 8, "targets": ["query", "value", "fc"]}
+    config = run_config(lora, str(base_ckpt))
+    model = build_model(config["model"], config["init_from"])
+    task = PretrainTask(config, asdict(model.config), model=model)
+    ckpt = fit(task, folder / "lora.ckpt")
+    out = folder / "lora_hf"
+    assert main([f"ckpt_path={ckpt}", f"out_dir={out}"]) == 0
+    idx = tokens(2)
+    with torch.no_grad():
+        expected = task.model.eval()(idx)
+    torch.testing.assert_close(hf_logits(out, idx), expected, atol=1e-5, rtol=0)
+
+
+def test_plain_checkpoint_exports_to_transformers(base_ckpt: Path, folder: Path):
+    out = folder / "plain_hf"
+    assert main([f"ckpt_path={base_ckpt}", f"out_dir={out}"]) == 0
+    task = PretrainTask.load_from_checkpoint(base_ckpt, weights_only=True).eval()
+    idx = tokens(2)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_logits(out, idx), task.model(idx), atol=1e-5, rtol=0)
+
+
+def test_lora_classifier_exports_with_its_head_and_labels(base_ckpt: Path, folder: Path):
+    config = run_config({"rank": 4, "alpha": 8}, str(base_ckpt))
+    model = build_model(config["model"], config["init_from"])
+    task = ClassifierTask(config, asdict(model.config), LABELS, model=model)
+    ckpt = fit(task, folder / "cls.ckpt")
+    out = folder / "cls_out"
+    assert main([f"ckpt_path={ckpt}", f"out_dir={out}"]) == 0
+    exported, meta = load_classifier(out)
+    assert meta["label_names"] == LABELS
+    assert meta["num_classes"] == 2
+    assert meta["pooling"] == "last"
+    idx = tokens(2)
+    with torch.no_grad():
+        expected = task.model.eval()(idx)
+        torch.testing.assert_close(exported(idx), expected, atol=1e-5, rtol=0)
+
+
+def test_bad_command_lines_say_what_is_wrong(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    with pytest.raises(SystemExit):
+        main([f"out_dir={tmp_path}"])
+    assert "missing ckpt_path=" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ckpt=x.ckpt", f"out_dir={tmp_path}"])
+    assert "expected ckpt_path=<file.ckpt> or out_dir=<folder>" in capsys.readouterr().err
+    assert main([f"ckpt_path={tmp_path / 'none.ckpt'}", f"out_dir={tmp_path}"]) == 1
+    assert "none.ckpt' does not exist" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match=r"config.json: format='other'"):
+        load_classifier(tmp_path)
