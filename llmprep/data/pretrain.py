@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from llmprep.data.token_store import build_token_store, split_tokens
 from llmprep.data.windows import TokenWindows
 from llmprep.tokenizer import EOT_TOKEN, get_tokenizer
 
+log = logging.getLogger(__name__)
+
 
 class PretrainDataModule(L.LightningDataModule):
     """Next-token windows over a corpus of text files, source names, globs or a hub dataset.
@@ -21,7 +24,8 @@ class PretrainDataModule(L.LightningDataModule):
     ``split_by="tokens"`` (default) splits the token store's stream, which never loads the corpus
     into memory. ``split_by="characters"`` splits the text first and tokenizes each part, as the
     book's chapter 5 does; it reads the whole corpus into memory, so use it for small corpora.
-    ``max_length`` defaults to the model's context and ``stride`` to ``max_length``.
+    ``max_length`` defaults to the model's context and is capped by it (a corpus config can ask
+    for shorter windows than large models allow); ``stride`` defaults to ``max_length``.
     """
 
     def __init__(
@@ -45,11 +49,10 @@ class PretrainDataModule(L.LightningDataModule):
         if not paths and not hf_dataset:
             raise ValueError("data.paths is empty: name a source, a file or a glob")
         self.paths = list(paths)
-        self.max_length = max_length or context_length
-        if self.max_length > context_length:
-            raise ValueError(
-                f"data.max_length={self.max_length} exceeds the model's "
-                f"context_length={context_length}"
+        self.max_length = min(max_length or context_length, context_length)
+        if max_length and max_length > context_length:
+            log.info(
+                "data.max_length=%d capped at the model's context of %d", max_length, context_length
             )
         self.stride = stride or self.max_length
         self.train_fraction = train_fraction

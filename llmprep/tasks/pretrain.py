@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
@@ -63,12 +64,19 @@ class PretrainTask(GPTTask):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss).clamp(max=math.exp(20)), sync_dist=False)
-        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+        if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_sample()
 
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP, where every rank must take part in each forward pass."""
+        return isinstance(self.trainer.strategy, FSDPStrategy)
+
     def after_fit(self, trainer, datamodule) -> None:
-        """Print a continuation of the sample prompt by the final model."""
-        if trainer.is_global_zero:
+        """Print a continuation of the sample prompt by the final model (not under FSDP, whose
+        shards are gone once fitting ends: the last validation sample is in the log)."""
+        if trainer.is_global_zero and not self.sharded:
+            self.to(trainer.strategy.root_device)
             sample = self.config["sample"]
             text = self.complete(
                 sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
@@ -76,11 +84,13 @@ class PretrainTask(GPTTask):
             print(f"\nSample after training:\n{sample['prompt']}{text}\n")
 
     def log_sample(self) -> str:
-        """Generate from the sample prompt and log the text (W&B table, console); rank 0 only."""
+        """Generate from the sample prompt and log the text (W&B table, console) on rank 0."""
         sample = self.config["sample"]
         text = self.complete(
             sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
         )
+        if not self.trainer.is_global_zero:
+            return text
         log.info("sample at step %d: %s%s", self.global_step, sample["prompt"], text)
         self.samples.append([self.global_step, self.tokens_seen, sample["prompt"] + text])
         for lg in self.loggers:
