@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -47,7 +48,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     plain config only, no pickled code."""
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(
             f"init_from={str(path)!r}: not a readable llmprep checkpoint ({err})"
         ) from err

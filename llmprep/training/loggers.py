@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 
 def wandb_has_credentials() -> bool:
-    """True when an API key is in the environment or ``wandb login`` left one in ``~/.netrc``."""
+    """True when an API key is in the environment or ``wandb login`` left one in the netrc file
+    (``$NETRC``, else ``~/.netrc``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        hosts = netrc.netrc().hosts
+        hosts = netrc.netrc(os.environ.get("NETRC")).hosts
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
     return any("wandb" in host for host in hosts)

@@ -1,0 +1,53 @@
+"""AdamW groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from torch import nn
+
+from llmprep.tasks.optim import build_adamw, lr_lambda, param_groups
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+
+
+def test_only_matrices_and_embeddings_are_decayed():
+    decay, no_decay = param_groups(_model().named_parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sorted(p.dim() for p in decay["params"]) == [2, 2]
+    assert sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
+
+
+def test_decay_all_decays_every_tensor_like_the_book():
+    groups = param_groups(_model().named_parameters(), 0.1, decay_all=True)
+    assert len(groups) == 1 and len(groups[0]["params"]) == 5
+
+
+def test_frozen_parameters_are_left_out_and_nothing_trainable_is_an_error():
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    opt = build_adamw(model.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_adamw(model.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
+
+
+def test_warmup_then_cosine_reaches_min_lr():
+    f = lr_lambda(warmup_steps=10, total_steps=110, schedule="cosine", lr=1e-3, min_lr=1e-4)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+
+
+def test_constant_schedule_and_unknown_schedule():
+    f = lr_lambda(0, 100, "constant", 1e-3, 1e-4)
+    assert f(0) == f(99) == 1.0
+    with pytest.raises(ValueError, match=r"optim\.schedule='linear'"):
+        lr_lambda(0, 100, "linear", 1e-3, 1e-4)

@@ -1,0 +1,54 @@
+"""The pretraining data module: windows follow the model, splits, corpora by name, file or glob."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmprep.data.pretrain import PretrainDataModule
+
+
+def _setup(**kwargs) -> PretrainDataModule:
+    dm = PretrainDataModule(**kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_windows_follow_the_context_and_stride_defaults_to_the_window(mirror):
+    dm = _setup(paths=["the-verdict"], context_length=64, train_fraction=0.9)
+    assert dm.max_length == dm.stride == 64
+    assert len(dm.train_set) == (int(0.9 * 5145) - 1) // 64
+    x, y = dm.train_set[0]
+    assert x.shape == y.shape == (64,)
+    assert dm.val_set is not None
+
+
+def test_window_capped_by_context_and_overlapping_stride(mirror):
+    dm = _setup(paths=["the-verdict"], context_length=32, max_length=256, stride=16)
+    assert dm.max_length == 32 and dm.stride == 16
+
+
+def test_character_split_tokenizes_each_part_like_the_book(mirror):
+    text = (mirror / "the-verdict.txt").read_text(encoding="utf-8")
+    dm = _setup(paths=["the-verdict"], context_length=256, split_by="characters")
+    from llmprep.tokenizer import get_tokenizer
+
+    cut = int(0.9 * len(text))
+    assert len(dm.val_set.tokens) == len(get_tokenizer().encode(text[cut:]))
+
+
+def test_globs_of_local_files_and_a_clear_error_for_a_tiny_corpus(tmp_path):
+    for i in range(3):
+        (tmp_path / f"doc{i}.txt").write_text("word " * 199 + "word", encoding="utf-8")
+    dm = _setup(paths=[str(tmp_path / "doc*.txt")], context_length=16, train_fraction=0.5)
+    assert len(dm.train_set.tokens) + len(dm.val_set.tokens) == 3 * 200 + 2
+    (tmp_path / "small.txt").write_text("too short", encoding="utf-8")
+    with pytest.raises(ValueError, match="max_length"):
+        _setup(paths=[str(tmp_path / "small.txt")], context_length=16)
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match=r"data\.split_by='words'"):
+        PretrainDataModule(paths=["the-verdict"], split_by="words")
+    with pytest.raises(ValueError, match=r"data\.paths"):
+        PretrainDataModule(paths=[])
