@@ -643,3 +643,10 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test batches in a fixed order."""
         return self._loader("test", shuffle=False, drop_last=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Every example of ``split`` (one of ``SPLITS``) in a fixed order, none dropped: for
+        scoring a split, the training split included."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        return self._loader(split, shuffle=False, drop_last=False)
