@@ -13,6 +13,7 @@ import lightning
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
 from llmprep.data.classification import encode_texts
 from llmprep.model import GPTConfig
@@ -230,3 +231,19 @@ def test_bad_data_stops_the_command_with_the_file_and_line(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert f"{data}, line 3, column 'text': empty text" in result.stderr
+
+
+def test_experiments_compose_to_their_documented_settings() -> None:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        book = compose("train", overrides=["experiment=book_ch06"])
+        scratch = compose("train", overrides=["experiment=spam_from_scratch"])
+    assert book.stage.name == scratch.stage.name == "classify"
+    assert (book.model.name, book.init_from, book.seed) == (
+        "gpt2-small",
+        "openai-community/gpt2",
+        123,
+    )
+    assert (book.classify.trainable, book.classify.pooling) == ("last_block", "last")
+    assert (book.optim.lr, book.optim.weight_decay, book.optim.decay_all) == (5e-5, 0.1, True)
+    assert (book.trainer.max_epochs, book.data.batch_size, book.data.path) == (5, 8, "sms-spam")
+    assert scratch.init_from is None and scratch.classify.trainable == "all"
