@@ -6,15 +6,17 @@ Each variant runs in a fresh Python process, since a process's peak resident mem
 a few steps of synthetic instruction batches (``collate_instruct``, the book's AdamW). Prints a
 markdown table: the peak after building the task, the peak over training, and LoRA's ratio.
 
-Two allocator settings, since glibc's default keeps freed large blocks in the heap once its
-adaptive mmap threshold has grown: the RSS then also counts memory that is free but not given
-back, which penalises LoRA's short-lived per-layer tensors. ``MALLOC_MMAP_THRESHOLD_=1MiB`` makes
-every large tensor its own mapping, returned on free, so the peak follows the memory in use.
-
 Full fine-tuning adds gradients and AdamW's two moments for every weight (4 bytes x 3 per
 parameter, ~1.5 GB for gpt2-small) to what LoRA needs; activations (~1.6 MB per token in float32,
-a third of it the 50,257-way logits) are the same for both, so the ratio falls with fewer tokens
-per batch.
+a third of it the 50,257-way logits) are the same for both, so without activation checkpointing
+they dominate both peaks and the ratio stays high. With ``activation_checkpointing`` (what a
+memory-bound LoRA run should use) only one block's activations are alive at a time.
+
+Settings measured: plain; activation checkpointing; activation checkpointing with
+``MALLOC_MMAP_THRESHOLD_=1MiB``, since glibc's default keeps freed large blocks in the heap once
+its adaptive mmap threshold has grown (the RSS then also counts memory that is free but not given
+back, which penalises LoRA's short-lived per-layer tensors); with the threshold every large
+tensor is its own mapping, returned on free, so the peak follows the memory in use.
 
     python bench/bench_lora_memory.py [--batch 4] [--length 256] [--steps 2] [--rank 16]
 """
@@ -36,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 TARGET_RATIO = 0.6
 """LoRA's peak over full fine-tuning's that the issue asks for at most."""
 
-ALLOCATORS = {
-    "glibc default": {},
-    "MALLOC_MMAP_THRESHOLD_=1MiB": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
+SETTINGS = {
+    "plain": ({}, False),
+    "activation checkpointing": ({}, True),
+    "checkpointing, MALLOC_MMAP_THRESHOLD_=1MiB": ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, True),
 }
-"""Environment additions of each allocator setting measured (see the module docstring)."""
+"""Each setting's environment additions and activation checkpointing (see the docstring)."""
 
 
 def peak_rss_mib() -> float:
@@ -48,7 +51,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_variant(rank: int, batch: int, length: int, steps: int) -> dict[str, float]:
+def run_variant(
+    rank: int, batch: int, length: int, steps: int, recompute: bool
+) -> dict[str, float]:
     """Build and train one variant in this process; ``rank`` 0 is full fine-tuning."""
     import lightning as L
     import torch
@@ -74,6 +79,7 @@ def run_variant(rank: int, batch: int, length: int, steps: int) -> dict[str, flo
         "init_from": None,
         "model": {"name": "gpt2-small", **asdict(config)},
         "data": {"bucket": False},
+        "activation_checkpointing": recompute,
     }
     task = InstructTask(run_config, asdict(config), model=GPT(config))
     built = peak_rss_mib()
@@ -102,8 +108,9 @@ def run_variant(rank: int, batch: int, length: int, steps: int) -> dict[str, flo
     }
 
 
-def measure(rank: int, allocator: str, args: argparse.Namespace) -> dict[str, float]:
+def measure(rank: int, setting: str, args: argparse.Namespace) -> dict[str, float]:
     """One variant's figures, from a fresh process running this file with ``--child``."""
+    env_extra, recompute = SETTINGS[setting]
     command = [
         sys.executable,
         __file__,
@@ -112,11 +119,12 @@ def measure(rank: int, allocator: str, args: argparse.Namespace) -> dict[str, fl
         f"--batch={args.batch}",
         f"--length={args.length}",
         f"--steps={args.steps}",
+        *(["--recompute"] if recompute else []),
     ]
-    env = {**os.environ, **ALLOCATORS[allocator]}
+    env = {**os.environ, **env_extra}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"variant rank={rank} ({allocator}) failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"variant rank={rank} ({setting}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -132,9 +140,12 @@ def main() -> None:
     )
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.rank, args.batch, args.length, args.steps)))
+        print(
+            json.dumps(run_variant(args.rank, args.batch, args.length, args.steps, args.recompute))
+        )
         return
 
     print(
@@ -142,16 +153,16 @@ def main() -> None:
         f"{args.length} tokens, {args.steps} steps, AdamW; {os.cpu_count()} CPU cores\n"
     )
     print(
-        "| allocator | variant | trainable params | peak RSS after build | peak RSS training "
+        "| setting | variant | trainable params | peak RSS after build | peak RSS training "
         "| LoRA / full | s/step |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
-    for allocator in ALLOCATORS:
-        full, lora = measure(0, allocator, args), measure(args.rank, allocator, args)
+    for setting in SETTINGS:
+        full, lora = measure(0, setting, args), measure(args.rank, setting, args)
         ratio = lora["peak_mib"] / full["peak_mib"]
         for name, row in (("full fine-tuning", full), (f"LoRA rank {args.rank}", lora)):
             print(
-                f"| {allocator} | {name} | {row['trainable']:,} | {row['built_mib']:,.0f} MiB | "
+                f"| {setting} | {name} | {row['trainable']:,} | {row['built_mib']:,.0f} MiB | "
                 f"{row['peak_mib']:,.0f} MiB | {ratio if row is lora else 1.0:.2f} | "
                 f"{row['seconds_per_step']:.1f} |",
                 flush=True,

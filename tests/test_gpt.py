@@ -108,3 +108,21 @@ def test_dropout_only_acts_in_training() -> None:
     torch.testing.assert_close(model(idx), model(idx))
     model.train()
     assert not torch.allclose(model(idx), model(idx))
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", dropout=0.1))
+    idx = torch.randint(0, 50257, (2, 16))
+    grads, calls = [], []
+    forward = model.blocks[0].forward
+    model.blocks[0].forward = lambda *a: calls.append(1) or forward(*a)
+    for recompute in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = recompute
+        torch.manual_seed(1)
+        model(idx).float().pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert len(calls) == 1 + 2  # recomputed once more in the backward pass
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, recomputed)

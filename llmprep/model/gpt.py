@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmprep.model.config import GPTConfig
 
@@ -150,6 +151,10 @@ class GPT(nn.Module):
 
     ``out_head`` may be replaced (e.g. by ``nn.Linear(emb_dim, num_classes)`` for
     classification); ``forward`` then returns that head's outputs at every position.
+
+    ``activation_checkpointing`` (off by default; not part of the config since it changes no
+    result) makes training recompute each block's activations in the backward pass instead of
+    keeping them: memory for activations drops to one block's, at the cost of a second forward.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -161,6 +166,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.activation_checkpointing = False
         if config.tie_weights:
             self.out_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -198,8 +204,12 @@ class GPT(nn.Module):
             )
         positions = torch.arange(past, past + time, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, kv_cache)
+            if recompute and kv_cache is None:
+                x = checkpoint(block, x, None, use_reentrant=False)
+            else:
+                x = block(x, kv_cache)
         return self.out_head(self.final_norm(x))
 
     def num_parameters(self, trainable_only: bool = False) -> int:

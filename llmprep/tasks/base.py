@@ -62,6 +62,7 @@ class GPTTask(L.LightningModule):
         base = model if model is not None else GPT(GPTConfig(**model_config))
         base_tensors = {id(t) for t in base.state_dict(keep_vars=True).values()}
         self.model = self.adapt_model(base)
+        self.model.activation_checkpointing = bool(config.get("activation_checkpointing", False))
         self.lora = LoraSettings.from_config(config.get("lora"))
         if self.lora is not None:
             self._setup_lora(base_tensors, holds_base=model is not None)
