@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from omegaconf import OmegaConf
 
-from llmprep.training.hardware import build_strategy, trainer_kwargs
+from llmprep.training.hardware import apply_threads, build_strategy, trainer_kwargs
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
 
@@ -17,6 +19,17 @@ def test_each_hardware_config_composes(name):
         cfg = compose("train", overrides=[f"hardware={name}"])
     kwargs = trainer_kwargs(cfg.hardware)
     assert set(kwargs) == {"accelerator", "devices", "num_nodes", "strategy", "precision"}
+
+
+def test_threads_setting_applies_and_rejects_nonsense():
+    before = torch.get_num_threads()
+    try:
+        apply_threads(OmegaConf.create({"threads": 1}))
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match=r"hardware\.threads=0"):
+            apply_threads(OmegaConf.create({"threads": 0}))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_strategies():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from omegaconf import DictConfig
 
@@ -25,6 +26,15 @@ def build_strategy(name: str) -> str | Strategy:
     if name == "ddp":
         return DDPStrategy(find_unused_parameters=False)
     return name
+
+
+def apply_threads(hardware: DictConfig) -> None:
+    """Set this process's math-library threads to ``hardware.threads`` when given."""
+    threads = hardware.get("threads")
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"hardware.threads={threads}: expected a positive number or null")
+        torch.set_num_threads(int(threads))
 
 
 def trainer_kwargs(hardware: DictConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
 from llmprep.training.config import plain_config
-from llmprep.training.hardware import trainer_kwargs
+from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def train(cfg: DictConfig) -> float | None:
     job_num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
     environ = dict(os.environ)
     pin_worker_command()
+    apply_threads(cfg.hardware)
     L.seed_everything(cfg.seed, workers=True)
     config = plain_config(cfg)
     logger = build_logger(cfg, output_dir, job_num, config)
