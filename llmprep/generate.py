@@ -9,6 +9,9 @@ token-for-token identical, which is what the cache promises.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -135,3 +138,21 @@ def generate(
     finally:
         model.train(was_training)
     return idx
+
+
+def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by equal length, in groups of at most ``batch_size``, first-seen order.
+
+    Our GPT has absolute positions and no attention mask, so prompts padded to a common length
+    would see the padding; prompts of the same length batch exactly as they run alone.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index, length in enumerate(lengths):
+        groups[length].append(index)
+    return [
+        group[start : start + batch_size]
+        for group in groups.values()
+        for start in range(0, len(group), batch_size)
+    ]

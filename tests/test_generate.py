@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmprep.generate import generate
+from llmprep.generate import equal_length_batches, generate
 from llmprep.model import GPT, GPTConfig
 
 VOCAB = 101
@@ -158,3 +158,9 @@ def test_cache_feeds_one_token_a_step_then_slides_the_window(model: GPT) -> None
     finally:
         hook.remove()
     assert fed == [14, 1, 1, 16, 16]
+
+
+def test_equal_length_batches_group_lengths_and_cap_the_batch() -> None:
+    assert equal_length_batches([5, 3, 5, 5, 3, 7], 2) == [[0, 2], [3], [1, 4], [5]]
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        equal_length_batches([1], 0)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from llmprep.model import GPT, GPTConfig
-from llmprep.tasks.instruct import InstructTask, check_bucket, equal_length_batches
+from llmprep.tasks.instruct import InstructTask, check_bucket
 from llmprep.tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,12 +180,6 @@ def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path) -> No
     task.after_fit(trainer, SimpleNamespace(test_records=instruction_records(5)))
     assert tested == [None]  # no checkpoint kept: the final weights are tested
     assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 1
-
-
-def test_equal_length_batches_group_lengths_and_cap_the_batch() -> None:
-    assert equal_length_batches([5, 3, 5, 5, 3, 7], 2) == [[0, 2], [3], [1, 4], [5]]
-    with pytest.raises(ValueError, match=r"generation\.batch_size"):
-        equal_length_batches([1], 0)
 
 
 def test_bucketing_is_refused_with_several_processes() -> None:

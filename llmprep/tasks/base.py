@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from llmprep.generate import generate
+from llmprep.generate import equal_length_batches, generate
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import load_lora_base
 from llmprep.model.lora import (
@@ -212,23 +212,47 @@ class GPTTask(L.LightningModule):
         state.update({f"model.{name}": t for name, t in full.items()})
 
     @torch.no_grad()
-    def complete(
+    def continuations(
         self,
-        prompt: str,
+        prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         temperature: float = 0.0,
         top_k: int | None = None,
+        batch_size: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> list[str]:
+        """The decoded continuation of each token-id prompt, cut at ``<|endoftext|>``.
+
+        Prompts of equal length run as one batch (``equal_length_batches``): our GPT has
+        absolute positions and no attention mask, so batching them gives exactly the answers
+        of one prompt at a time.
+        """
+        tok = self.tokenizer
+        texts = [""] * len(prompts)
+        for group in equal_length_batches([len(p) for p in prompts], batch_size):
+            idx = torch.tensor(
+                [list(prompts[i]) for i in group], dtype=torch.long, device=self.device
+            )
+            out = generate(
+                self.model,
+                idx,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                eos_id=tok.eot_id,
+                generator=generator,
+            )
+            for row, index in enumerate(group):
+                new = out[row, idx.shape[1] :].tolist()
+                texts[index] = tok.decode(
+                    new[: new.index(tok.eot_id)] if tok.eot_id in new else new
+                )
+        return texts
+
+    def complete(
+        self, prompt: str, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None
     ) -> str:
         """The model's continuation of ``prompt`` (stops at ``<|endoftext|>``)."""
-        tok = self.tokenizer
-        idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=self.device)
-        out = generate(
-            self.model,
-            idx,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            eos_id=tok.eot_id,
-        )
-        new = [t for t in out[0, idx.shape[1] :].tolist() if t != tok.eot_id]
-        return tok.decode(new)
+        return self.continuations(
+            [self.tokenizer.encode(prompt)], max_new_tokens, temperature, top_k
+        )[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +17,6 @@ from torchmetrics import MeanMetric
 
 from llmprep.data.instruct import IGNORE_INDEX, InstructDataModule, write_records
 from llmprep.data.prompts import get_style
-from llmprep.generate import generate
 from llmprep.model import GPT
 from llmprep.model.init import build_model
 from llmprep.tasks.base import GPTTask
@@ -46,24 +44,6 @@ def check_bucket(bucket: bool, world_size: int) -> None:
             f"data.bucket=true works with one process only, but this run has {world_size}; "
             "set data.bucket=false for multi-device training"
         )
-
-
-def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal length, in groups of at most ``batch_size``, first-seen order.
-
-    Our GPT has absolute positions and no attention mask, so prompts padded to a common length
-    would see the padding; prompts of the same length batch exactly as they run alone.
-    """
-    if batch_size < 1:
-        raise ValueError(f"generation.batch_size must be positive, got {batch_size}")
-    groups: dict[int, list[int]] = defaultdict(list)
-    for index, length in enumerate(lengths):
-        groups[length].append(index)
-    return [
-        group[start : start + batch_size]
-        for group in groups.values()
-        for start in range(0, len(group), batch_size)
-    ]
 
 
 class InstructTask(GPTTask):
@@ -210,28 +190,12 @@ class InstructTask(GPTTask):
         text is plain text). Generation stops at ``<|endoftext|>``; the answer is the decoded
         continuation after any response marker the model wrote itself
         (``PromptStyle.extract_response``). Prompts of equal length run as one batch (see
-        ``equal_length_batches``), so greedy answers match those of one prompt at a time.
+        ``GPTTask.continuations``), so greedy answers match those of one prompt at a time.
         """
-        tok = self.tokenizer
         prompts = [self.style.format_prompt(r["instruction"], r.get("input", "")) for r in records]
-        ids = tok.encode_ordinary_batch(prompts) if prompts else []
-        answers = [""] * len(records)
-        for group in equal_length_batches([len(p) for p in ids], batch_size):
-            idx = torch.tensor([ids[i] for i in group], dtype=torch.long, device=self.device)
-            out = generate(
-                self.model,
-                idx,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                eos_id=tok.eot_id,
-                generator=generator,
-            )
-            for row, index in enumerate(group):
-                new = out[row, idx.shape[1] :].tolist()
-                if tok.eot_id in new:
-                    new = new[: new.index(tok.eot_id)]
-                answers[index] = self.style.extract_response(tok.decode(new))
+        ids = self.tokenizer.encode_ordinary_batch(prompts) if prompts else []
+        texts = self.continuations(ids, max_new_tokens, temperature, top_k, batch_size, generator)
+        answers = [self.style.extract_response(text) for text in texts]
         return [
             {
                 "instruction": r["instruction"],
