@@ -23,7 +23,7 @@ import torch
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import checkpoint_model, read_checkpoint
 from llmprep.model.lora import has_classifier_head
-from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, _read_json, _replacing, export_hf
+from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, export_hf, read_json, replacing
 
 CLASSIFIER_FORMAT = "llmprep-classifier"
 """``config.json``'s ``format`` for a classifier in our layout."""
@@ -57,9 +57,9 @@ def export_classifier(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _replacing(out / WEIGHTS_FILE) as tmp:
+    with replacing(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    with _replacing(out / CONFIG_FILE) as tmp:
+    with replacing(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -69,7 +69,7 @@ def load_classifier(folder: str | Path) -> tuple[GPT, dict[str, Any]]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    config = _read_json(folder / CONFIG_FILE)
+    config = read_json(folder / CONFIG_FILE)
     if config.get("format") != CLASSIFIER_FORMAT:
         raise ValueError(
             f"{folder / CONFIG_FILE}: format={config.get('format')!r}, expected "
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    kind = _read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
+    kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
     print(f"exported {settings['ckpt_path']} to {out} ({kind} folder)")
     return 0
 

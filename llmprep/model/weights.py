@@ -151,7 +151,8 @@ def _config_from_hf(
         raise ValueError(f"{source}: {err}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; invalid JSON or another type is an error naming the file."""
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -231,7 +232,7 @@ def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
             raise FileNotFoundError(
                 f"{folder}: no {path.name}{hint}; expected {CONFIG_FILE} + {WEIGHTS_FILE}"
             )
-    values = _read_json(folder / CONFIG_FILE)
+    values = read_json(folder / CONFIG_FILE)
     config = _config_from_hf(values, folder / CONFIG_FILE, overrides)
     model = _empty_model(config)
     try:
@@ -278,7 +279,7 @@ def _load_tf_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
             f"{folder} is an OpenAI TensorFlow checkpoint; reading it needs TensorFlow: "
             'pip install "llmprep[tf]"'
         ) from None
-    hparams = _read_json(folder / TF_HPARAMS_FILE)
+    hparams = read_json(folder / TF_HPARAMS_FILE)
     renamed = {"n_vocab": "vocab_size", "n_ctx": "n_positions"}
     values = {renamed.get(key, key): value for key, value in hparams.items()}
     config = _config_from_hf(values, folder / TF_HPARAMS_FILE, overrides)
@@ -389,7 +390,7 @@ def _hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
 
 
 @contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
+def replacing(path: Path) -> Iterator[Path]:
     """A temporary name next to ``path`` to write to; renamed onto ``path`` only on success."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -433,8 +434,8 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _replacing(out / WEIGHTS_FILE) as tmp:
+    with replacing(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with _replacing(out / CONFIG_FILE) as tmp:
+    with replacing(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(_hf_config(config, tied), indent=2) + "\n", encoding="utf-8")
     return out
