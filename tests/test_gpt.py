@@ -126,3 +126,12 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert len(calls) == 1 + 2  # recomputed once more in the backward pass
     for plain, recomputed in zip(*grads, strict=True):
         torch.testing.assert_close(plain, recomputed)
+
+
+def test_init_choice_sets_the_scale_of_fresh_weights():
+    gpt2 = GPT(GPTConfig.from_name("gpt2-tiny"))
+    book = GPT(GPTConfig.from_name("gpt2-tiny", init="torch"))
+    assert gpt2.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert book.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match=r"GPTConfig\.init must be one of gpt2, torch"):
+        GPTConfig(init="xavier")

@@ -19,6 +19,9 @@ for tests and CPU runs. Each entry only lists the fields that differ from ``GPTC
 defaults."""
 
 
+INITS = ("gpt2", "torch")
+
+
 @dataclass
 class GPTConfig:
     """Shape and regularisation of a GPT-2 style model.
@@ -35,6 +38,11 @@ class GPTConfig:
     dropout: float = 0.0
     qkv_bias: bool = False
     tie_weights: bool = False
+    init: str = "gpt2"
+    """How fresh weights are drawn: ``gpt2`` (normal(0, 0.02), residual projections scaled by
+    1/sqrt(2 * n_layers)) or ``torch`` (PyTorch's per-layer defaults, as the book's code has:
+    embeddings normal(0, 1)). On a tiny corpus like The Verdict the ``torch`` scale memorises far
+    faster; ``gpt2`` is what GPT-2 was trained with."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
@@ -49,6 +57,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be a number, got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init not in INITS:
+            raise ValueError(f"GPTConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("qkv_bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(

@@ -169,11 +169,12 @@ class GPT(nn.Module):
         self.activation_checkpointing = False
         if config.tie_weights:
             self.out_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        residual_std = INIT_STD / math.sqrt(2 * config.n_layers)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.ff.proj.weight, mean=0.0, std=residual_std)
+        if config.init == "gpt2":
+            self.apply(self._init_weights)
+            residual_std = INIT_STD / math.sqrt(2 * config.n_layers)
+            for block in self.blocks:
+                nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+                nn.init.normal_(block.ff.proj.weight, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
