@@ -6,15 +6,25 @@ Tests that need the real data files read them through ``LLMPREP_MIRROR`` (``.ci/
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+
+if TYPE_CHECKING:
+    import lightning
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -55,6 +65,102 @@ def run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.Completed
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def fit_checkpoint(
+    task: lightning.LightningModule, path: Path, tokens: torch.Tensor, steps: int
+) -> Path:
+    """Train ``task`` for ``steps`` real Trainer steps on next-token pairs of ``tokens`` (rows of
+    token ids, batches of 4), then save its checkpoint to ``path``.
+
+    Lightning and torch are imported here, so test files that never train do not pay for them.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(tokens, tokens.roll(-1, dims=1)), batch_size=4)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    trainer.save_checkpoint(path)
+    return path
+
+
+class FakeJudge(ThreadingHTTPServer):
+    """A local LLM judge: answers chat requests with queued reply texts, records what it was sent.
+
+    ``/api/chat`` answers in Ollama's streamed form (one JSON object per line, the reply split
+    over two), ``/v1/chat/completions`` in OpenAI's; a path starting with ``/slow`` waits
+    ``delay`` seconds first; ``/missing/...`` answers 404.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeJudgeHandler)
+        self.replies: list[str] = []
+        self.requests: list[tuple[str, dict, dict]] = []
+        self.delay = 0.5
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def handle_error(self, request, client_address) -> None:  # a client that gave up waiting
+        pass
+
+
+class FakeJudgeHandler(BaseHTTPRequestHandler):
+    server: FakeJudge
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, body, dict(self.headers)))
+        if self.path.startswith("/slow"):
+            time.sleep(self.server.delay)
+        if self.path.startswith("/missing"):
+            self._send(404, b'{"error": "model \\"nope\\" not found"}')
+            return
+        reply = self.server.replies.pop(0)
+        if self.path.endswith("/api/chat"):
+            half = len(reply) // 2
+            chunks = [reply[:half], reply[half:]]
+            lines = [
+                {"message": {"role": "assistant", "content": c}, "done": False} for c in chunks
+            ]
+            payload = "\n".join(json.dumps(line) for line in lines).encode()
+        else:
+            message = {"role": "assistant", "content": reply}
+            payload = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+        self._send(200, payload)
+
+    def _send(self, code: int, payload: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def judge_server() -> Iterator[FakeJudge]:
+    """A running ``FakeJudge`` with no replies queued, shut down after the test."""
+    fake = FakeJudge()
+    thread = threading.Thread(target=fake.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield fake
+    fake.shutdown()
+    fake.server_close()
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import lightning
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.data.classification import encode_texts
@@ -159,29 +157,21 @@ def write_dataset(path: Path, rows: int = 40) -> Path:
 def test_fit_through_the_command_line(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "messages.csv")
     run = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "stage=classify",
-            "model=gpt2-tiny",
-            "init_from=null",
-            "data=classify_file",
-            f"data.path={data}",
-            "data.text_column=message",
-            "data.label_column=kind",
-            "data.batch_size=4",
-            "classify.trainable=all",
-            "trainer.max_epochs=2",
-            "trainer.limit_train_batches=2",
-            f"hydra.run.dir={run}",
-            "logger=csv",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "train.py",
+        "stage=classify",
+        "model=gpt2-tiny",
+        "init_from=null",
+        "data=classify_file",
+        f"data.path={data}",
+        "data.text_column=message",
+        "data.label_column=kind",
+        "data.batch_size=4",
+        "classify.trainable=all",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        f"hydra.run.dir={run}",
+        "logger=csv",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Scores of" in result.stdout and "test" in result.stdout
@@ -211,23 +201,15 @@ def test_fit_through_the_command_line(tmp_path: Path) -> None:
 def test_bad_data_stops_the_command_with_the_file_and_line(tmp_path: Path) -> None:
     data = tmp_path / "bad.csv"
     data.write_text("text,label\nhello there,ok\n,spam\n", encoding="utf-8")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "stage=classify",
-            "model=gpt2-tiny",
-            "init_from=null",
-            "data=classify_file",
-            f"data.path={data}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "logger=none",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "train.py",
+        "stage=classify",
+        "model=gpt2-tiny",
+        "init_from=null",
+        "data=classify_file",
+        f"data.path={data}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=none",
     )
     assert result.returncode != 0
     assert f"{data}, line 3, column 'text': empty text" in result.stderr

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from omegaconf import OmegaConf
 
 from llmprep.evaluation.classify import predict_texts, read_texts, split_datamodule
 from llmprep.evaluation.report import load_task
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, script, *overrides],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +30,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         encoding="utf-8",
     )
-    run_cli(
+    result = run_cli(
         "train.py",
         "stage=classify",
         "model=gpt2-tiny",
@@ -60,6 +43,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"hydra.run.dir={folder / 'run'}",
         "logger=csv",
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     return folder / "run"
 
 
@@ -68,6 +52,7 @@ def test_evaluate_scores_every_split_like_the_run_did(run: Path) -> None:
     result = run_cli(
         "evaluate.py", "stage=classify", f"ckpt_path={ckpt}", f"hydra.run.dir={run / 'eval'}"
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "Confusion matrices" in result.stdout
     for split in ("train", "validation", "test"):
         assert split in result.stdout
@@ -102,6 +87,7 @@ def test_evaluate_labels_given_texts(run: Path, tmp_path: Path) -> None:
         f"eval.texts_file={texts}",
         f"hydra.run.dir={run / 'predict'}",
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "predictions" in result.stdout
 
     out = json.loads((run / "checkpoints" / "best.predictions.json").read_text())

@@ -2,11 +2,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import fit_checkpoint
 from transformers import GPT2LMHeadModel
 
 from llmprep.export import load_classifier, main
@@ -49,24 +48,6 @@ def tokens(n: int = 8) -> torch.Tensor:
     return torch.randint(0, TINY.vocab_size, (n, 16), generator=torch.Generator().manual_seed(0))
 
 
-def fit(task: GPTTask, path: Path) -> Path:
-    """A few real training steps, so adapters are non-zero, then the checkpoint at ``path``."""
-    data = tokens()
-    loader = DataLoader(TensorDataset(data, data.roll(-1, dims=1)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-    )
-    trainer.fit(task, train_dataloaders=loader)
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("export")
@@ -75,7 +56,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base_ckpt(folder: Path) -> Path:
     torch.manual_seed(0)
-    return fit(PretrainTask(run_config(), asdict(TINY)), folder / "base.ckpt")
+    task = PretrainTask(run_config(), asdict(TINY))
+    return fit_checkpoint(task, folder / "base.ckpt", tokens(), steps=3)
 
 
 def hf_logits(out_dir: Path, idx: torch.Tensor) -> torch.Tensor:
@@ -89,7 +71,7 @@ def test_lora_language_model_exports_merged_to_transformers(base_ckpt: Path, fol
     config = run_config(lora, str(base_ckpt))
     model = build_model(config["model"], config["init_from"])
     task = PretrainTask(config, asdict(model.config), model=model)
-    ckpt = fit(task, folder / "lora.ckpt")
+    ckpt = fit_checkpoint(task, folder / "lora.ckpt", tokens(), steps=3)
     out = folder / "lora_hf"
     assert main([f"ckpt_path={ckpt}", f"out_dir={out}"]) == 0
     idx = tokens(2)
@@ -111,7 +93,7 @@ def test_lora_classifier_exports_with_its_head_and_labels(base_ckpt: Path, folde
     config = run_config({"rank": 4, "alpha": 8}, str(base_ckpt))
     model = build_model(config["model"], config["init_from"])
     task = ClassifierTask(config, asdict(model.config), LABELS, model=model)
-    ckpt = fit(task, folder / "cls.ckpt")
+    ckpt = fit_checkpoint(task, folder / "cls.ckpt", tokens(), steps=3)
     out = folder / "cls_out"
     assert main([f"ckpt_path={ckpt}", f"out_dir={out}"]) == 0
     exported, meta = load_classifier(out)

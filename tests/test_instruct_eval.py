@@ -5,18 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import socket
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FakeJudge, run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.data.prompts import get_style
@@ -27,17 +22,6 @@ from llmprep.tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATION = ("generation.limit=3", "generation.max_new_tokens=5")
-
-
-def cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +39,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = folder / "records.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     out = folder / "run"
-    result = cli(
+    result = run_cli(
         "train.py",
         "stage=instruct",
         "model=gpt2-tiny",
@@ -74,46 +58,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
-
-
-class FakeJudge(ThreadingHTTPServer):
-    """An OpenAI-style chat endpoint on 127.0.0.1 answering with queued replies."""
-
-    daemon_threads = True
-
-    def __init__(self, replies: list[str]) -> None:
-        super().__init__(("127.0.0.1", 0), JudgeHandler)
-        self.replies = replies
-        self.prompts: list[str] = []
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/v1/chat/completions"
-
-
-class JudgeHandler(BaseHTTPRequestHandler):
-    server: FakeJudge
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.prompts.append(body["messages"][0]["content"])
-        message = {"role": "assistant", "content": self.server.replies.pop(0)}
-        payload = json.dumps({"choices": [{"message": message}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-@pytest.fixture
-def judge_server() -> Iterator[FakeJudge]:
-    server = FakeJudge(["80", "Score: 60", "no idea"])
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def reference_loss(ckpt: Path, records: list[dict[str, str]]) -> float:
@@ -135,14 +79,15 @@ def reference_loss(ckpt: Path, records: list[dict[str, str]]) -> float:
 def test_evaluate_cli_reports_loss_answers_and_judge_scores(
     run: Path, judge_server: FakeJudge
 ) -> None:
+    judge_server.replies = ["80", "Score: 60", "no idea"]
     ckpt = run / "checkpoints" / "best.ckpt"
-    result = cli(
+    result = run_cli(
         "evaluate.py",
         "stage=instruct",
         f"ckpt_path={ckpt}",
         *GENERATION,
         "eval.judge=true",
-        f"judge.url={judge_server.url}",
+        f"judge.url={judge_server.url('/v1/chat/completions')}",
         "judge.model=grader",
         f"hydra.run.dir={run / 'evaluate'}",
     )
@@ -164,7 +109,7 @@ def test_evaluate_cli_reports_loss_answers_and_judge_scores(
 
     judged = results["judge"]
     empty = judged["empty_responses"]
-    assert len(judge_server.prompts) == 3 - empty
+    assert len(judge_server.requests) == 3 - empty
     assert judged["judge"]["model"] == "grader"
     assert (judged["count"], judged["unparsable"]) == (3, 1 if empty == 0 else 0)
     assert sum(judged["histogram"].values()) == judged["scored"]

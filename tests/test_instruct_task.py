@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
@@ -38,7 +37,8 @@ def instruction_records(n: int) -> list[dict[str, str]]:
 
 
 def train_cli(run: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = [
+    return run_cli(
+        "train.py",
         "stage=instruct",
         "model=gpt2-tiny",
         "init_from=null",
@@ -52,14 +52,6 @@ def train_cli(run: Path, *overrides: str) -> subprocess.CompletedProcess:
         "logger=csv",
         f"hydra.run.dir={run}",
         *overrides,
-    ]
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import FakeJudge
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -20,83 +17,16 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 RECORD = {"instruction": "Name a primary colour.", "input": "", "output": "Red."}
 
 
-class FakeJudge(ThreadingHTTPServer):
-    """Answers chat requests with queued reply texts and records what it was sent.
-
-    ``/api/chat`` answers in Ollama's streamed form (one JSON object per line, the reply split
-    over two), ``/v1/chat/completions`` in OpenAI's; a path starting with ``/slow`` waits
-    ``delay`` seconds first; ``/missing/...`` answers 404.
-    """
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.replies: list[str] = []
-        self.requests: list[tuple[str, dict, dict]] = []
-        self.delay = 0.5
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def handle_error(self, request, client_address) -> None:  # a client that gave up waiting
-        pass
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: FakeJudge
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, body, dict(self.headers)))
-        if self.path.startswith("/slow"):
-            time.sleep(self.server.delay)
-        if self.path.startswith("/missing"):
-            self._send(404, b'{"error": "model \\"nope\\" not found"}')
-            return
-        reply = self.server.replies.pop(0)
-        if self.path.endswith("/api/chat"):
-            half = len(reply) // 2
-            chunks = [reply[:half], reply[half:]]
-            lines = [
-                {"message": {"role": "assistant", "content": c}, "done": False} for c in chunks
-            ]
-            payload = "\n".join(json.dumps(line) for line in lines).encode()
-        else:
-            message = {"role": "assistant", "content": reply}
-            payload = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
-        self._send(200, payload)
-
-    def _send(self, code: int, payload: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeJudge]:
-    fake = FakeJudge()
-    thread = threading.Thread(target=fake.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield fake
-    fake.shutdown()
-    fake.server_close()
-
-
 def responses(*texts: str) -> list[dict[str, str]]:
     return [{**RECORD, "model_response": text} for text in texts]
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
-def test_scores_average_and_histogram_in_both_wire_formats(server: FakeJudge, path: str) -> None:
-    server.replies = ["85", "Score: 100", "I cannot judge this.", "120", "7.5"]
-    judge = Judge(url=server.url(path), model="judge-model", retries=0)
+def test_scores_average_and_histogram_in_both_wire_formats(
+    judge_server: FakeJudge, path: str
+) -> None:
+    judge_server.replies = ["85", "Score: 100", "I cannot judge this.", "120", "7.5"]
+    judge = Judge(url=judge_server.url(path), model="judge-model", retries=0)
     result = judge.evaluate(responses("Red.", "Red!", "Blue?", "Crimson.", "Scarlet.", "  "))
     assert result["scores"] == [85, 100, None, None, None, 0]
     assert (result["count"], result["scored"], result["empty_responses"]) == (6, 3, 1)
@@ -110,15 +40,17 @@ def test_scores_average_and_histogram_in_both_wire_formats(server: FakeJudge, pa
     assert result["rejected"][0]["reply"] == "I cannot judge this."
     assert result["histogram"]["80-89"] == result["histogram"]["90-100"] == 1
     assert result["histogram"]["0-9"] == 1 and sum(result["histogram"].values()) == 3
-    assert len(server.requests) == 5  # the empty response was never sent
+    assert len(judge_server.requests) == 5  # the empty response was never sent
     json.dumps(result)
 
 
-def test_requests_carry_model_pinned_sampling_and_the_record(server: FakeJudge) -> None:
-    server.replies = ["50", "50"]
-    Judge(url=server.url("/api/chat"), model="llama3").evaluate(responses("Red."))
-    Judge(url=server.url("/v1/chat/completions"), model="gpt-x", seed=5).evaluate(responses("R"))
-    (_, ollama, _), (_, openai, _) = server.requests
+def test_requests_carry_model_pinned_sampling_and_the_record(judge_server: FakeJudge) -> None:
+    judge_server.replies = ["50", "50"]
+    Judge(url=judge_server.url("/api/chat"), model="llama3").evaluate(responses("Red."))
+    Judge(url=judge_server.url("/v1/chat/completions"), model="gpt-x", seed=5).evaluate(
+        responses("R")
+    )
+    (_, ollama, _), (_, openai, _) = judge_server.requests
     assert (ollama["model"], ollama["stream"], ollama["options"]) == (
         "llama3",
         False,
@@ -132,23 +64,23 @@ def test_requests_carry_model_pinned_sampling_and_the_record(server: FakeJudge) 
 
 
 def test_bearer_key_comes_from_the_named_environment_variable(
-    server: FakeJudge, monkeypatch: pytest.MonkeyPatch
+    judge_server: FakeJudge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test")
-    server.replies = ["1"]
-    Judge(url=server.url("/v1/chat/completions"), api_key_env="JUDGE_TEST_KEY").chat("hi")
-    assert server.requests[0][2]["Authorization"] == "Bearer sk-test"
+    judge_server.replies = ["1"]
+    Judge(url=judge_server.url("/v1/chat/completions"), api_key_env="JUDGE_TEST_KEY").chat("hi")
+    assert judge_server.requests[0][2]["Authorization"] == "Bearer sk-test"
     monkeypatch.delenv("JUDGE_TEST_KEY")
     with pytest.raises(JudgeError, match="JUDGE_TEST_KEY, which is not set"):
-        Judge(url=server.url("/v1/chat/completions"), api_key_env="JUDGE_TEST_KEY")
+        Judge(url=judge_server.url("/v1/chat/completions"), api_key_env="JUDGE_TEST_KEY")
 
 
-def test_timeout_is_retried_then_fails_naming_the_url(server: FakeJudge) -> None:
-    url = server.url("/slow/api/chat")
+def test_timeout_is_retried_then_fails_naming_the_url(judge_server: FakeJudge) -> None:
+    url = judge_server.url("/slow/api/chat")
     judge = Judge(url=url, timeout=0.1, retries=1, backoff=0.0)
     with pytest.raises(JudgeError, match=f"judge at {url} gave no answer after 2 attempts"):
         judge.evaluate(responses("Red."))
-    assert len(server.requests) == 2
+    assert len(judge_server.requests) == 2
 
 
 def test_unreachable_judge_fails_naming_the_url() -> None:
@@ -160,11 +92,11 @@ def test_unreachable_judge_fails_naming_the_url() -> None:
         Judge(url=url, retries=1, backoff=0.0).chat("hi")
 
 
-def test_client_errors_are_not_retried(server: FakeJudge) -> None:
-    url = server.url("/missing/api/chat")
+def test_client_errors_are_not_retried(judge_server: FakeJudge) -> None:
+    url = judge_server.url("/missing/api/chat")
     with pytest.raises(JudgeError, match=r"refused the request: HTTP 404.*not found"):
         Judge(url=url, retries=3, backoff=0.0).chat("hi")
-    assert len(server.requests) == 1
+    assert len(judge_server.requests) == 1
 
 
 def test_api_is_read_off_the_url_or_must_be_named() -> None:

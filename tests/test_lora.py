@@ -1,15 +1,11 @@
 import csv
-import os
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import fit_checkpoint, run_cli
 
 from llmprep.generate import generate
 from llmprep.model import GPT, GPTConfig
@@ -19,7 +15,6 @@ from llmprep.tasks.base import GPTTask
 from llmprep.tasks.optim import build_adamw
 from llmprep.tasks.pretrain import PretrainTask
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(vocab_size=101, context_length=32, emb_dim=32, n_layers=2, n_heads=2)
 OPTIM = {"lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant"}
 ALL_LINEAR = ["query", "key", "value", "out_proj", "fc", "proj", "out_head"]
@@ -52,24 +47,6 @@ def tokens(n: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, TINY.vocab_size, (n, 16), generator=torch.Generator().manual_seed(seed))
 
 
-def fit(task: GPTTask, path: Path, steps: int = 2) -> Path:
-    """Train ``task`` a few steps with a real Trainer and save its checkpoint to ``path``."""
-    data = tokens(8)
-    loader = DataLoader(TensorDataset(data, data.roll(-1, dims=1)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-    )
-    trainer.fit(task, train_dataloaders=loader)
-    trainer.save_checkpoint(path)
-    return path
-
-
 def randomize_adapters(model: torch.nn.Module) -> None:
     """Non-zero adapters (LoRA's B starts at zero), so merging has something to merge."""
     torch.manual_seed(1)
@@ -88,7 +65,7 @@ def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A full (non-LoRA) checkpoint of a briefly trained tiny model: the pretrained base."""
     torch.manual_seed(0)
     task = PretrainTask(run_config(), asdict(TINY))
-    return fit(task, tmp_path_factory.mktemp("base") / "base.ckpt")
+    return fit_checkpoint(task, tmp_path_factory.mktemp("base") / "base.ckpt", tokens(), steps=2)
 
 
 def lora_task(base_ckpt: Path, cls=PretrainTask, **lora) -> GPTTask:
@@ -169,7 +146,7 @@ def test_merging_an_adapted_tied_head_leaves_the_embeddings_alone():
 
 def test_adapter_checkpoint_is_small_and_reloads_its_base(base_ckpt: Path, tmp_path: Path):
     task = lora_task(base_ckpt)
-    path = fit(task, tmp_path / "lora.ckpt")
+    path = fit_checkpoint(task, tmp_path / "lora.ckpt", tokens(), steps=2)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["state_dict"]
     assert all("lora_" in k for k in ckpt["state_dict"])
@@ -185,9 +162,9 @@ def test_adapter_checkpoint_is_small_and_reloads_its_base(base_ckpt: Path, tmp_p
 
 
 def test_changed_base_is_refused(base_ckpt: Path, tmp_path: Path):
-    path = fit(lora_task(base_ckpt), tmp_path / "lora.ckpt")
+    path = fit_checkpoint(lora_task(base_ckpt), tmp_path / "lora.ckpt", tokens(), steps=2)
     other = tmp_path / "other.ckpt"
-    fit(PretrainTask(run_config(), asdict(TINY)), other, steps=1)
+    fit_checkpoint(PretrainTask(run_config(), asdict(TINY)), other, tokens(), steps=1)
     ckpt = torch.load(path, weights_only=True)
     ckpt["lora"]["base"]["init_from"] = str(other)
     torch.save(ckpt, path)
@@ -200,7 +177,7 @@ def test_changed_base_is_refused(base_ckpt: Path, tmp_path: Path):
 def test_random_base_is_stored_and_classifier_head_kept(tmp_path: Path):
     torch.manual_seed(0)
     task = ClassifierTask(run_config({"rank": 4, "alpha": 8}), asdict(TINY), model=GPT(TINY))
-    path = fit(task, tmp_path / "cls.ckpt")
+    path = fit_checkpoint(task, tmp_path / "cls.ckpt", tokens(), steps=2)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["lora"]["base"] is None
     assert "model.tok_emb.weight" in ckpt["state_dict"]
@@ -226,8 +203,6 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
 def test_resume_a_lora_run_from_the_command_line(tmp_path: Path):
     run = tmp_path / "run"
     common = [
-        sys.executable,
-        "train.py",
         "model=gpt2-tiny",
         "lora.rank=4",
         "logger=csv",
@@ -237,20 +212,11 @@ def test_resume_a_lora_run_from_the_command_line(tmp_path: Path):
         "test_after_fit=false",
         f"hydra.run.dir={run}",
     ]
-    env = dict(os.environ)
-    first = subprocess.run(
-        [*common, "trainer.max_epochs=1"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    first = run_cli("train.py", *common, "trainer.max_epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 2
-    resumed = subprocess.run(
-        [*common, "trainer.max_epochs=2", f"ckpt_path={last}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    resumed = run_cli("train.py", *common, "trainer.max_epochs=2", f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] == 4
