@@ -12,12 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from llmprep.data.classification import (
-    ClassificationDataModule,
-    DataError,
-    encode_texts,
-    read_examples,
-)
+from llmprep.data.classification import ClassificationDataModule, encode_texts, read_examples
+from llmprep.data.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAD = 50256

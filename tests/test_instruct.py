@@ -12,7 +12,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
-from llmprep.data.classification import DataError
+from llmprep.data.errors import DataError
 from llmprep.data.instruct import (
     BucketBatchSampler,
     InstructDataModule,

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from llmprep.data.errors import DataError
 from llmprep.data.sources import SOURCES, resolve
 from llmprep.tokenizer import get_tokenizer
 
@@ -51,25 +52,6 @@ SOURCE_LAYOUTS: dict[str, dict[str, Any]] = {
 # they can be reported at the field that holds them instead of at a byte offset.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _INTEGER = re.compile(r"[+-]?\d+")
-
-
-class DataError(ValueError):
-    """Bad classification input, located as precisely as the problem allows.
-
-    ``line`` is the 1-based line of the file where the record starts, ``column`` the field name
-    (``None`` when the problem is the file as a whole or a whole line).
-    """
-
-    def __init__(self, path: str | Path, line: int | None, column: str | None, message: str):
-        self.path = Path(path)
-        self.line = line
-        self.column = column
-        where = [str(path)]
-        if line is not None:
-            where.append(f"line {line}")
-        if column is not None:
-            where.append(f"column {column!r}")
-        super().__init__(f"{', '.join(where)}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

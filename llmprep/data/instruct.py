@@ -26,7 +26,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from llmprep.data.classification import DataError, truncation_limit
+from llmprep.data.classification import truncation_limit
+from llmprep.data.errors import DataError
 from llmprep.data.prompts import PromptStyle, get_style
 from llmprep.data.sources import SOURCES, resolve
 from llmprep.tokenizer import get_tokenizer
