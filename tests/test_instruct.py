@@ -146,6 +146,13 @@ def test_jsonl_with_renamed_fields_and_no_input(tmp_path: Path) -> None:
     assert len(got) == 3
 
 
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    record = {"instruction": "Say hi\u2028twice", "input": "a\x85b", "output": "hi\u2029hi"}
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_records(path) == [record]
+
+
 def test_split_folder_is_used_as_given(tmp_path: Path) -> None:
     data = records(9)
     write_json(tmp_path / "train.json", data[:5])

@@ -51,3 +51,8 @@ def test_constant_schedule_and_unknown_schedule():
     assert f(0) == f(99) == 1.0
     with pytest.raises(ValueError, match=r"optim\.schedule='linear'"):
         lr_lambda(0, 100, "linear", 1e-3, 1e-4)
+
+
+def test_a_floor_above_the_rate_is_refused():
+    with pytest.raises(ValueError, match=r"optim\.min_lr=5e-05 exceeds optim\.lr=1e-05"):
+        lr_lambda(0, 100, "cosine", 1e-5, 5e-5)

@@ -588,10 +588,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self._ready()
         return self._pad_length
 
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """``encode_texts`` with this module's truncation and padding."""
-        return encode_texts(texts, self.context_length, self.pad_length, self.max_length)
-
     def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
         self._ready()
         return DataLoader(

@@ -130,7 +130,7 @@ def _json_items(path: Path, text: str) -> list[tuple[None, Any]]:
 def _jsonl_items(path: Path, text: str) -> list[tuple[int, Any]]:
     """``(line, value)`` for each non-blank line of a JSON-lines text."""
     items = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -300,7 +300,6 @@ def collate_instruct(
     ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     mask_prompt: bool = False,
-    device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """The book's instruction batch: ``input_ids`` and shifted ``targets``.
 
@@ -331,10 +330,7 @@ def collate_instruct(
             targets[row, : max(prompt_lengths[row] - 1, 0)] = ignore_index
     if max_length is not None:
         input_ids, targets = input_ids[:, :max_length], targets[:, :max_length]
-    input_ids = input_ids.contiguous()
-    if device is not None:
-        input_ids, targets = input_ids.to(device), targets.to(device)
-    return {"input_ids": input_ids, "targets": targets}
+    return {"input_ids": input_ids.contiguous(), "targets": targets}
 
 
 @dataclass(frozen=True)

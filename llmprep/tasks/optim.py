@@ -58,6 +58,10 @@ def lr_lambda(
     """
     if schedule not in {"cosine", "constant"}:
         raise ValueError(f"optim.schedule={schedule!r}: expected 'cosine' or 'constant'")
+    if schedule == "cosine" and min_lr > lr:
+        raise ValueError(
+            f"optim.min_lr={min_lr} exceeds optim.lr={lr}: cosine would raise the rate"
+        )
     floor = min_lr / lr if lr > 0 else 0.0
 
     def factor(step: int) -> float:
