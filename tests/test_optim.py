@@ -56,3 +56,16 @@ def test_constant_schedule_and_unknown_schedule():
 def test_a_floor_above_the_rate_is_refused():
     with pytest.raises(ValueError, match=r"optim\.min_lr=5e-05 exceeds optim\.lr=1e-05"):
         lr_lambda(0, 100, "cosine", 1e-5, 5e-5)
+
+
+def test_decay_follows_names_once_sharding_flattened_the_tensors():
+    model = _model()
+    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2}
+    flat = [
+        (f"_fsdp_wrapped_module.{n}", nn.Parameter(p.detach().flatten()))
+        for n, p in model.named_parameters()
+    ]
+    decay, no_decay = param_groups(flat, 0.1, matrices=matrices)
+    assert len(decay["params"]) == 2 and len(no_decay["params"]) == 3
+    by_shape = param_groups(flat, 0.1)  # by shape alone every shard looks like a bias
+    assert by_shape[0]["params"] == [] and len(by_shape[1]["params"]) == 5

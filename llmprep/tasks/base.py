@@ -67,6 +67,7 @@ class GPTTask(L.LightningModule):
         if self.lora is not None:
             self._setup_lora(base_tensors, holds_base=model is not None)
         self.tokens_seen = 0
+        self.matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
         self._step_started = 0.0
 
     def _setup_lora(self, base_tensors: set[int], holds_base: bool) -> None:
@@ -140,7 +141,7 @@ class GPTTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim: Mapping[str, Any] = self.config["optim"]
-        optimizer = build_adamw(self.named_parameters(), optim)
+        optimizer = build_adamw(self.named_parameters(), optim, self.matrix_names)
         total = int(self.trainer.estimated_stepping_batches)
         factor = lr_lambda(
             optim.get("warmup_steps", 0),

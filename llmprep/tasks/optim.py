@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+FSDP_PREFIX = "_fsdp_wrapped_module."
+
 
 def param_groups(
-    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float, decay_all: bool = False
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    decay_all: bool = False,
+    matrices: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into a decayed and an undecayed group.
 
     Matrices and embeddings (2+ dimensions) are decayed; biases and LayerNorm gains are not, since
     shrinking them towards zero only hurts. ``decay_all`` decays everything, as the book's plain
-    ``AdamW(model.parameters(), weight_decay=0.1)`` does.
+    ``AdamW(model.parameters(), weight_decay=0.1)`` does. ``matrices`` names the 2+-dimensional
+    parameters as they were before wrapping: FSDP flattens every tensor into 1-D shards before
+    the optimizer is built, so shapes then no longer tell. ``None`` decides by current shapes.
     """
     decay, no_decay = [], []
-    for _, p in named_params:
-        if p.requires_grad:
-            (decay if decay_all or p.dim() >= 2 else no_decay).append(p)
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        is_matrix = p.dim() >= 2 if matrices is None else name.replace(FSDP_PREFIX, "") in matrices
+        (decay if decay_all or is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -30,10 +39,15 @@ def param_groups(
 
 
 def build_adamw(
-    named_params: Iterable[tuple[str, nn.Parameter]], optim: Mapping[str, Any]
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    optim: Mapping[str, Any],
+    matrices: Collection[str] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW from the ``optim`` config; fused when every parameter lives on a CUDA device."""
-    groups = param_groups(named_params, optim["weight_decay"], optim.get("decay_all", False))
+    """AdamW from the ``optim`` config; fused when every parameter lives on a CUDA device.
+    ``matrices``: see :func:`param_groups`."""
+    groups = param_groups(
+        named_params, optim["weight_decay"], optim.get("decay_all", False), matrices
+    )
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError(
