@@ -229,3 +229,18 @@ def test_experiments_compose_to_their_documented_settings() -> None:
     assert (book.optim.lr, book.optim.weight_decay, book.optim.decay_all) == (5e-5, 0.1, True)
     assert (book.trainer.max_epochs, book.data.batch_size, book.data.path) == (5, 8, "sms-spam")
     assert scratch.init_from is None and scratch.classify.trainable == "all"
+
+
+def test_a_trained_classifier_head_is_kept_and_a_vocabulary_head_replaced() -> None:
+    trained = make_task()
+    with torch.no_grad():
+        trained.model.out_head.weight.fill_(7.0)
+    again = ClassifyTask(
+        trained.config, asdict(trained.model.config), ["ham", "spam"], model=trained.model
+    )
+    assert torch.equal(again.model.out_head.weight, torch.full((2, 16), 7.0))
+    three = ClassifyTask(
+        trained.config, asdict(trained.model.config), ["a", "b", "c"], model=trained.model
+    )
+    assert three.model.out_head.out_features == 3
+    assert not torch.equal(three.model.out_head.weight[:2], torch.full((2, 16), 7.0))

@@ -188,7 +188,11 @@ class ClassifyTask(GPTTask):
         return len(self.hparams["label_names"])
 
     def adapt_model(self, model: GPT) -> nn.Module:
-        """A fresh ``Linear(emb_dim, num_classes)`` head, then freeze per ``classify.trainable``."""
+        """A fresh ``Linear(emb_dim, num_classes)`` head, then freeze per ``classify.trainable``.
+
+        A model that already has a classifier head of ``num_classes`` outputs (``init_from`` one
+        of our classify checkpoints) keeps it, so fine-tuning continues from the trained head.
+        """
         settings = self.config["classify"]
         if settings["pooling"] not in POOLINGS:
             raise ValueError(
@@ -196,7 +200,10 @@ class ClassifyTask(GPTTask):
             )
         if self.num_classes < 2:
             raise ValueError(f"a classifier needs two labels, got {self.hparams['label_names']}")
-        model.out_head = nn.Linear(model.config.emb_dim, self.num_classes)
+        head = model.out_head
+        trained = head.out_features == self.num_classes != model.config.vocab_size
+        if not (trained and head.bias is not None):
+            model.out_head = nn.Linear(model.config.emb_dim, self.num_classes)
         set_trainable(model, settings["trainable"], settings.get("n_blocks", 1))
         return model
 
