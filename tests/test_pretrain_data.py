@@ -52,3 +52,35 @@ def test_bad_settings_name_the_field():
         PretrainDataModule(paths=["the-verdict"], split_by="words")
     with pytest.raises(ValueError, match=r"data\.paths"):
         PretrainDataModule(paths=[])
+
+
+def test_character_split_keeps_documents_apart_and_markers_as_text(tmp_path):
+    from llmprep.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    a = tmp_path / "a.txt"
+    b = tmp_path / "b.txt"
+    a.write_text("one <|endoftext|> two three four five six seven eight", encoding="utf-8")
+    b.write_text("nine ten", encoding="utf-8")
+    dm = PretrainDataModule(
+        paths=[str(a), str(b)], context_length=4, split_by="characters", train_fraction=0.5
+    )
+    train, val = dm._split_characters([a, b])
+    text_a, text_b = a.read_text(), b.read_text()
+    cut = int(0.5 * (len(text_a) + len(text_b)))
+    assert train.tolist() == tok.encode_ordinary_batch([text_a[:cut]])[0]
+    expected_val = [
+        *tok.encode_ordinary_batch([text_a[cut:]])[0],
+        tok.eot_id,
+        *tok.encode("nine ten"),
+    ]
+    assert val.tolist() == expected_val
+    assert tok.eot_id not in train.tolist()  # the marker in the text stays text
+    assert "<|endoftext|>" in tok.decode(train.tolist())
+
+
+def test_character_split_refuses_json_lines(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "hello there"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"split_by=characters .* JSON Lines"):
+        _setup(paths=[str(corpus)], context_length=4, split_by="characters")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from llmprep.data.sources import resolve_many
 from llmprep.data.token_store import build_token_store, split_tokens
 from llmprep.data.windows import TokenWindows
-from llmprep.tokenizer import EOT_TOKEN, get_tokenizer
+from llmprep.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,26 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_set = TokenWindows(val, self.max_length, self.stride) if len(val) else None
 
     def _split_characters(self, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-        text = EOT_TOKEN.join(f.read_text(encoding="utf-8") for f in files)
-        cut = int(self.train_fraction * len(text))
-        tok = get_tokenizer()
-        return (
-            np.asarray(tok.encode(text[:cut], allow_special=True), dtype=np.int64),
-            np.asarray(tok.encode(text[cut:], allow_special=True), dtype=np.int64),
-        )
+        """The first ``train_fraction`` of the characters of all documents, and the rest, each
+        tokenized like the token store does (text as ordinary text, one end-of-text id between
+        documents), so both splits agree on what a literal ``<|endoftext|>`` in a file means."""
+        for file in files:
+            if file.suffix == ".jsonl":
+                raise ValueError(
+                    f"data.split_by=characters splits plain text files, but {file} is JSON Lines "
+                    "(as hub datasets are stored): use data.split_by=tokens"
+                )
+        documents = [f.read_text(encoding="utf-8") for f in files]
+        cut = int(self.train_fraction * sum(len(d) for d in documents))
+        train, val, seen = [], [], 0
+        for doc in documents:
+            split = min(max(cut - seen, 0), len(doc))
+            if split:
+                train.append(doc[:split])
+            if split < len(doc):
+                val.append(doc[split:])
+            seen += len(doc)
+        return _encode_documents(train), _encode_documents(val)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -112,3 +125,12 @@ class PretrainDataModule(L.LightningDataModule):
         return DataLoader(
             self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
         )
+
+
+def _encode_documents(documents: Sequence[str]) -> np.ndarray:
+    """Token ids of ``documents`` joined by one end-of-text id each, their text as plain text."""
+    tok = get_tokenizer()
+    ids: list[int] = []
+    for index, tokens in enumerate(tok.encode_ordinary_batch(documents)):
+        ids.extend(([tok.eot_id] if index else []) + tokens)
+    return np.asarray(ids, dtype=np.int64)
