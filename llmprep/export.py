@@ -11,7 +11,6 @@ layout: ``model.safetensors`` with our GPT's tensor names and a ``config.json`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,10 +19,11 @@ from typing import Any
 
 import torch
 
+from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import checkpoint_model, read_checkpoint
 from llmprep.model.lora import has_classifier_head
-from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, export_hf, read_json, replacing
+from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, export_hf, read_json
 
 CLASSIFIER_FORMAT = "llmprep-classifier"
 """``config.json``'s ``format`` for a classifier in our layout."""
@@ -56,11 +56,9 @@ def export_classifier(
         **extra,
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with replacing(out / WEIGHTS_FILE) as tmp:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    with replacing(out / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json_atomically(out / CONFIG_FILE, config)
     return out
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from llmprep.atomic import atomic_path
 from llmprep.data.errors import DataError
 from llmprep.data.sources import SOURCES, resolve
 from llmprep.tokenizer import get_tokenizer
@@ -314,23 +315,14 @@ def write_splits(splits: Splits, label_names: Sequence[str], output_dir: str | P
     to temporary names first and then renamed, so a crash never leaves a half-written set.
     """
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     ids = {name: i for i, name in enumerate(label_names)}
-    staged: list[tuple[Path, Path]] = []
-    try:
+    with ExitStack() as staged:
         for split, examples in splits.items():
-            final = folder / f"{split}.csv"
-            tmp = folder / f".{split}.csv.{os.getpid()}.tmp"
-            staged.append((tmp, final))
+            tmp = staged.enter_context(atomic_path(folder / f"{split}.csv"))
             with tmp.open("w", encoding="utf-8", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["text", "label", "label_id"])
                 writer.writerows([ex.text, ex.label, ids[ex.label]] for ex in examples)
-        for tmp, final in staged:
-            tmp.replace(final)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
 
 
 def truncation_limit(context_length: int, max_length: int | None = None) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from llmprep.atomic import atomic_path
 from llmprep.data.sources import cache_dir
 
 
@@ -36,13 +35,7 @@ def hub_text_file(dataset: str, config: str | None, split: str, text_field: str)
             f"data.hf_text_field={text_field!r} is not a column of {dataset}: "
             f"{records.column_names}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for text in records[text_field]:
-                out.write(json.dumps({"text": text}) + "\n")
-        os.replace(temp, target)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    with atomic_path(target) as temp, open(temp, "w", encoding="utf-8") as out:
+        for text in records[text_field]:
+            out.write(json.dumps({"text": text}) + "\n")
     return target

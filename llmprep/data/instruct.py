@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from llmprep.atomic import write_json_atomically
 from llmprep.data.classification import truncation_limit
 from llmprep.data.errors import DataError
 from llmprep.data.prompts import PromptStyle, get_style
@@ -263,16 +263,7 @@ def find_split_files(folder: Path) -> dict[str, Path]:
 
 def write_records(records: Sequence[Record], path: str | Path) -> None:
     """``records`` as an indented JSON list, written to a temporary name and then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(list(records), fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomically(path, list(records))
 
 
 def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:

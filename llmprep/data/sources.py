@@ -25,6 +25,9 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from llmprep.atomic import atomic_path
 
 CACHE_ENV = "LLMPREP_CACHE"
 MIRROR_ENV = "LLMPREP_MIRROR"
@@ -204,31 +207,19 @@ def _download(source: Source) -> Path:
     missing = f"not in the cache nor in {MIRROR_ENV} ({os.environ.get(MIRROR_ENV) or 'unset'})"
     if _offline():
         raise _error(source, f"{missing}, and {OFFLINE_ENV} forbids a download")
-    folder = cache_dir() / "sources"
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
+    target = cache_dir() / "sources" / source.filename
     try:
-        fetched = _temp_file(folder, source, temps)
-        request = urllib.request.Request(source.url, headers={"User-Agent": "llmprep"})
-        with (
-            urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response,
-            open(fetched, "wb") as out,
-        ):
-            shutil.copyfileobj(response, out, _READ_BYTES)
-        checked = fetched
-        if source.member is not None:
-            checked = _temp_file(folder, source, temps)
-            with (
-                zipfile.ZipFile(fetched) as archive,
-                archive.open(source.member) as member,
-                open(checked, "wb") as out,
-            ):
-                shutil.copyfileobj(member, out, _READ_BYTES)
-        actual = file_sha256(checked)
-        if actual != source.sha256:
-            raise _error(source, f"the downloaded file has sha256 {actual}")
-        target = folder / source.filename
-        os.replace(checked, target)
+        with atomic_path(target) as checked:
+            request = urllib.request.Request(source.url, headers={"User-Agent": "llmprep"})
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                if source.member is None:
+                    with open(checked, "wb") as out:
+                        shutil.copyfileobj(response, out, _READ_BYTES)
+                else:
+                    _extract_member(response, source.member, checked, target.parent)
+            actual = file_sha256(checked)
+            if actual != source.sha256:
+                raise _error(source, f"the downloaded file has sha256 {actual}")
         return target
     except (urllib.error.URLError, OSError) as err:
         detail = err if isinstance(err, urllib.error.HTTPError) else getattr(err, "reason", err)
@@ -236,13 +227,20 @@ def _download(source: Source) -> Path:
     except (zipfile.BadZipFile, KeyError) as err:
         problem = f"the download is not a zip holding {source.member!r}: {err}"
         raise _error(source, problem) from None
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
 
 
-def _temp_file(folder: Path, source: Source, temps: list[Path]) -> Path:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{source.filename}.", suffix=".part")
-    os.close(fd)
-    temps.append(Path(name))
-    return temps[-1]
+def _extract_member(response: BinaryIO, member: str, out_path: Path, scratch: Path) -> None:
+    """Copy ``member`` of the zip archive read from ``response`` to ``out_path``.
+
+    The archive goes to an unnamed scratch file in ``scratch`` (zip needs seeking); the system
+    removes it when closed, so a failure leaves nothing behind.
+    """
+    with tempfile.TemporaryFile(dir=scratch) as archive_file:
+        shutil.copyfileobj(response, archive_file, _READ_BYTES)
+        archive_file.seek(0)
+        with (
+            zipfile.ZipFile(archive_file) as archive,
+            archive.open(member) as packed,
+            open(out_path, "wb") as out,
+        ):
+            shutil.copyfileobj(packed, out, _READ_BYTES)

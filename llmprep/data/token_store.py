@@ -32,9 +32,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -43,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.data.sources import cache_dir, file_sha256
 from llmprep.tokenizer import get_tokenizer
 
@@ -169,7 +168,7 @@ def _unchanged_store(
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if refreshed:
-        _write_atomically(json_path, json.dumps(meta, indent=2).encode())
+        write_json_atomically(json_path, meta)
     return TokenStore(bin_path, meta)
 
 
@@ -178,10 +177,9 @@ def _build(
 ) -> TokenStore:
     tokenizer = get_tokenizer(tokenizer_name)
     sources = [_fingerprint(f) for f in files]
-    fd, temp = _temp_file_for(bin_path)
     num_tokens = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(bin_path) as temp:
+        with open(temp, "wb") as out:
             for batch in _batches(_segments(files, chunk_chars)):
                 texts = [segment for segment in batch if segment is not None]
                 encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
@@ -192,9 +190,6 @@ def _build(
         if num_tokens == 0:
             raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
         json_path.unlink(missing_ok=True)
-        os.replace(temp, bin_path)
-    finally:
-        temp.unlink(missing_ok=True)
     meta = {
         "format_version": FORMAT_VERSION,
         "tokenizer": tokenizer_name,
@@ -203,7 +198,7 @@ def _build(
         "eot_id": tokenizer.eot_id,
         "sources": sources,
     }
-    _write_atomically(json_path, json.dumps(meta, indent=2).encode())
+    write_json_atomically(json_path, meta)
     return TokenStore(bin_path, meta)
 
 
@@ -289,19 +284,3 @@ def _batches(segments: Iterable[str | None]) -> Iterator[list[str | None]]:
     iterator = iter(segments)
     while batch := list(islice(iterator, _CHUNKS_PER_BATCH)):
         yield batch
-
-
-def _temp_file_for(path: Path) -> tuple[int, Path]:
-    """An open descriptor and the name of a new hidden file beside ``path``, to rename onto it."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    return fd, Path(name)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, temp = _temp_file_for(path)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from llmprep.atomic import write_json_atomically
 from llmprep.tasks.base import GPTTask
 
 
@@ -65,16 +63,8 @@ def results_path(ckpt_path: Path, suffix: str = "eval") -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2)
-            out.write("\n")
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
-    return path
+    """Write results ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    return write_json_atomically(path, data)
 
 
 def run_evaluation(cfg: DictConfig) -> Any:

@@ -16,8 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.model.config import GPTConfig
 from llmprep.model.gpt import GPT, LAYER_NORM_EPS
 
@@ -389,17 +389,6 @@ def _hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary name next to ``path`` to write to; renamed onto ``path`` only on success."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_hf(model: GPT, out_dir: str | Path) -> Path:
     """Write ``model`` to ``out_dir`` as a ``transformers`` GPT-2 (``config.json`` +
     ``model.safetensors``); returns ``out_dir``.
@@ -433,9 +422,7 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         key = entry.hf if entry.hf == "lm_head.weight" else f"transformer.{entry.hf}"
         tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with replacing(out / WEIGHTS_FILE) as tmp:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with replacing(out / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(_hf_config(config, tied), indent=2) + "\n", encoding="utf-8")
+    write_json_atomically(out / CONFIG_FILE, _hf_config(config, tied))
     return out

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from llmprep.atomic import atomic_path
+
 
 class LossPlot(L.Callback):
     """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
@@ -80,9 +82,9 @@ def plot_losses(
     if all(math.isfinite(x) for x in losses):
         ax.set_ylim(bottom=0)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path
