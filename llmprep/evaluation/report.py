@@ -13,30 +13,30 @@ from rich.console import Console
 from rich.table import Table
 
 from llmprep.atomic import write_json_atomically
+from llmprep.model.init import read_checkpoint
 from llmprep.tasks.base import GPTTask
 
 
-def checkpoint_stage(ckpt_path: Path) -> str:
-    """The stage a checkpoint was trained by (read safely, without unpickling code)."""
+def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
+    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``.
+
+    The checkpoint is read once, safely (no pickled code), to check that ``stage`` trained it
+    and to find its task class; Lightning's ``load_from_checkpoint`` then restores the task.
+    """
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(ckpt_path)
     try:
-        return ckpt["hyper_parameters"]["config"]["stage"]["name"]
+        trained = ckpt["hyper_parameters"]["config"]["stage"]
+        trained_stage, task_name = trained["name"], trained["task"]
     except (KeyError, TypeError):
         raise ValueError(f"ckpt_path={str(ckpt_path)!r} is not an llmprep checkpoint") from None
-
-
-def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
-    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``."""
-    trained = checkpoint_stage(ckpt_path)
-    if trained != stage:
+    if trained_stage != stage:
         raise ValueError(
-            f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained!r}, not {stage!r}: "
-            f"run `python evaluate.py stage={trained} ckpt_path=...`"
+            f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained_stage!r}, not {stage!r}: "
+            f"run `python evaluate.py stage={trained_stage} ckpt_path=...`"
         )
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    task_cls = get_class(ckpt["hyper_parameters"]["config"]["stage"]["task"])
+    task_cls = get_class(task_name)
     task = task_cls.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
     return task.eval()
 
