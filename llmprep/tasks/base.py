@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from llmprep.generate import equal_length_batches, generate
@@ -38,6 +39,12 @@ from llmprep.tasks.optim import build_adamw, lr_lambda
 from llmprep.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def is_sharded(trainer: L.Trainer) -> bool:
+    """True under FSDP, where every rank must take part in each forward pass (generation
+    included) and the shards are gone once fitting ends."""
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 class GPTTask(L.LightningModule):
@@ -89,6 +96,11 @@ class GPTTask(L.LightningModule):
         init_from = self.config.get("init_from")
         self._lora_base = base_reference(init_from) if init_from and holds_base else None
         self._lora_base_loaded = holds_base or not init_from
+
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP (see :func:`is_sharded`)."""
+        return is_sharded(self.trainer)
 
     def adapt_model(self, model: GPT) -> torch.nn.Module:
         """The stage's changes to the GPT before training (a new head, frozen parts).

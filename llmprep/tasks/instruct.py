@@ -19,7 +19,7 @@ from llmprep.data.instruct import IGNORE_INDEX, InstructDataModule, write_record
 from llmprep.data.prompts import get_style
 from llmprep.model import GPT
 from llmprep.model.init import build_model
-from llmprep.tasks.base import GPTTask
+from llmprep.tasks.base import GPTTask, is_sharded
 from llmprep.tasks.pretrain import lm_loss
 from llmprep.training.config import plain_config
 
@@ -134,7 +134,7 @@ class InstructTask(GPTTask):
 
     def on_validation_epoch_end(self) -> None:
         self._log_loss("val", self.val_loss)
-        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+        if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_samples()
 
     def on_test_epoch_end(self) -> None:
@@ -142,12 +142,14 @@ class InstructTask(GPTTask):
 
     def log_samples(self) -> list[dict[str, str]]:
         """Answer the first ``sample.count`` validation records greedily and log them (W&B
-        table ``samples``, console); rank 0 only."""
+        table ``samples``, console) on rank 0; under FSDP every rank takes part."""
         datamodule = self.trainer.datamodule
         sample = self.config["sample"]
         if not isinstance(datamodule, InstructDataModule) or sample["count"] < 1:
             return []
         answered = self.respond(datamodule.val_records[: sample["count"]], sample["max_new_tokens"])
+        if not self.trainer.is_global_zero:
+            return answered
         for row in answered:
             log.info(
                 "sample at step %d: %r -> %r (expected %r)",
@@ -225,7 +227,7 @@ class InstructTask(GPTTask):
 
     def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """Test loss and perplexity of the best checkpoint, then (rank 0) its answers to the
-        test split in ``<run>/test_responses.json``.
+        test split in ``<run>/test_responses.json`` (under FSDP: the command that writes them).
 
         The best checkpoint is the one ``ModelCheckpoint`` kept by the stage's monitor; without
         one (no validation ran, ``fast_dev_run``) the final weights are used. A ``fast_dev_run``
@@ -237,6 +239,10 @@ class InstructTask(GPTTask):
             self, datamodule=datamodule, ckpt_path=best or None, verbose=trainer.is_global_zero
         )
         if not trainer.is_global_zero:
+            return
+        if is_sharded(trainer):
+            print("\nUnder FSDP the shards are gone after testing: answer the test split with")
+            print(f"  python evaluate.py stage=instruct ckpt_path={best or '<checkpoint>'}")
             return
         self.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
         generation = dict(self.config["generation"])

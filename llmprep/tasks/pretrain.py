@@ -11,12 +11,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
 from llmprep.model.init import build_model
-from llmprep.tasks.base import GPTTask
+from llmprep.tasks.base import GPTTask, is_sharded
 from llmprep.training.config import plain_config
 
 log = logging.getLogger(__name__)
@@ -67,15 +66,10 @@ class PretrainTask(GPTTask):
         if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_sample()
 
-    @property
-    def sharded(self) -> bool:
-        """True under FSDP, where every rank must take part in each forward pass."""
-        return isinstance(self.trainer.strategy, FSDPStrategy)
-
     def after_fit(self, trainer, datamodule) -> None:
         """Print a continuation of the sample prompt by the final model (not under FSDP, whose
         shards are gone once fitting ends: the last validation sample is in the log)."""
-        if trainer.is_global_zero and not self.sharded:
+        if trainer.is_global_zero and not is_sharded(trainer):
             self.to(trainer.strategy.root_device)
             sample = self.config["sample"]
             text = self.complete(
