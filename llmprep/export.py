@@ -87,7 +87,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, "ckpt_path")
     model = checkpoint_model(ckpt, path)
     if not has_classifier_head(model):
         return export_hf(model, out_dir)

@@ -20,7 +20,7 @@ def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_is_a_clear_error_not_an_unpickling_one(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.ckpt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"corrupt\.ckpt.*not a readable llmprep checkpoint"):
+    with pytest.raises(ValueError, match=r"ckpt_path=.*corrupt\.ckpt.*not a readable llmprep"):
         load_task(path, "pretrain", CPU)
 
 

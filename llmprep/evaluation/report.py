@@ -25,7 +25,7 @@ def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
     """
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     try:
         trained = ckpt["hyper_parameters"]["config"]["stage"]
         trained_stage, task_name = trained["name"], trained["task"]

@@ -43,14 +43,14 @@ def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str
     return state
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, setting: str = "init_from") -> dict[str, Any]:
     """One of our Lightning checkpoints, read with ``torch.load(weights_only=True)``: tensors and
-    plain config only, no pickled code."""
+    plain config only, no pickled code. Errors name ``setting``, the key the path came from."""
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(
-            f"init_from={str(path)!r}: not a readable llmprep checkpoint ({err})"
+            f"{setting}={str(path)!r}: not a readable llmprep checkpoint ({err})"
         ) from err
 
 
