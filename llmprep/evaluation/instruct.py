@@ -9,7 +9,6 @@ answers are saved.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,27 +20,24 @@ from torch.utils.data import DataLoader
 
 from llmprep.data.instruct import InstructDataModule, write_records
 from llmprep.evaluation.judge import Judge, JudgeError
-from llmprep.evaluation.report import eval_device, load_task, print_table, results_path, write_json
+from llmprep.evaluation.report import (
+    eval_device,
+    load_task,
+    loss_report,
+    print_table,
+    results_path,
+    write_json,
+)
 from llmprep.tasks.instruct import InstructTask
-
-MAX_LOG_PPL = 50.0
 
 
 @torch.no_grad()
 def masked_loss(task: InstructTask, loader: DataLoader, device: torch.device) -> dict[str, Any]:
     """Mean cross-entropy over every target token of ``loader`` (``-100`` skipped), with its
     perplexity: the training loss, measured over the whole split at once."""
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss, tokens = task.loss_and_tokens(batch)
-        if tokens:
-            total += loss.item() * tokens
-            count += tokens
-    if not count:
-        raise ValueError("the test split has no target tokens to score")
-    loss = total / count
-    return {"tokens": count, "loss": loss, "perplexity": math.exp(min(loss, MAX_LOG_PPL))}
+    return loss_report(
+        task.loss_and_tokens({k: v.to(device) for k, v in batch.items()}) for batch in loader
+    )
 
 
 def print_judgement(judged: Mapping[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from llmprep.data.windows import TokenWindows
 from llmprep.evaluation.report import (
     eval_device,
     load_task,
+    loss_report,
     print_table,
     results_path,
     write_json,
@@ -28,13 +28,10 @@ from llmprep.tasks.pretrain import lm_loss
 @torch.no_grad()
 def loss_over(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
     """Token-weighted mean next-token loss over a loader, with its perplexity."""
-    total, count = 0.0, 0
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        total += lm_loss(model(inputs), targets).item() * targets.numel()
-        count += targets.numel()
-    loss = total / count
-    return {"tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return loss_report(
+        (lm_loss(model(inputs.to(device)), targets.to(device)), targets.numel())
+        for inputs, targets in loader
+    )
 
 
 def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:

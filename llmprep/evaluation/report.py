@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from rich.table import Table
 from llmprep.atomic import write_json_atomically
 from llmprep.model.init import read_checkpoint
 from llmprep.tasks.base import GPTTask
+from llmprep.tasks.pretrain import perplexity
 
 
 def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
@@ -65,6 +66,20 @@ def results_path(ckpt_path: Path, suffix: str = "eval") -> Path:
 def write_json(path: Path, data: Any) -> Path:
     """Write results ``data`` as indented JSON, atomically (a reader never sees half a file)."""
     return write_json_atomically(path, data)
+
+
+def loss_report(batches: Iterable[tuple[torch.Tensor, int]]) -> dict[str, Any]:
+    """Token-weighted mean of per-batch mean losses, given as ``(loss, tokens)``, with its
+    perplexity; batches without tokens are skipped."""
+    total, count = 0.0, 0
+    for loss, tokens in batches:
+        if tokens:
+            total += loss.item() * tokens
+            count += tokens
+    if not count:
+        raise ValueError("nothing to score: the split has no target tokens")
+    mean = total / count
+    return {"tokens": count, "loss": mean, "perplexity": perplexity(mean).item()}
 
 
 def run_evaluation(cfg: DictConfig) -> Any:

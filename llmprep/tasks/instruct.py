@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -20,13 +19,12 @@ from llmprep.data.prompts import get_style
 from llmprep.model import GPT
 from llmprep.model.init import build_model
 from llmprep.tasks.base import GPTTask, is_sharded
-from llmprep.tasks.pretrain import lm_loss
+from llmprep.tasks.pretrain import lm_loss, perplexity
 from llmprep.training.config import plain_config
 
 log = logging.getLogger(__name__)
 
 RESPONSES_FILE = "test_responses.json"
-MAX_LOG_PPL = 20.0
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -130,7 +128,7 @@ class InstructTask(GPTTask):
         loss = metric.compute()
         metric.reset()
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
-        self.log(f"{split}/ppl", torch.exp(loss).clamp(max=math.exp(MAX_LOG_PPL)), sync_dist=False)
+        self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_loss("val", self.val_loss)

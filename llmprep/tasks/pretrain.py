@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,16 @@ from llmprep.tasks.base import GPTTask, is_sharded
 from llmprep.training.config import plain_config
 
 log = logging.getLogger(__name__)
+
+
+MAX_LOG_PPL = 20.0
+"""Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
+says nothing more and overflows float16 loggers."""
+
+
+def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
+    """exp(loss), capped at exp(``MAX_LOG_PPL``)."""
+    return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -62,7 +71,7 @@ class PretrainTask(GPTTask):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss).clamp(max=math.exp(20)), sync_dist=False)
+        self.log("val/ppl", perplexity(loss), sync_dist=False)
         if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_sample()
 
