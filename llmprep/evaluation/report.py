@@ -14,8 +14,7 @@ from rich.table import Table
 
 from llmprep.atomic import write_json_atomically
 from llmprep.model.init import read_checkpoint
-from llmprep.tasks.base import GPTTask
-from llmprep.tasks.pretrain import perplexity
+from llmprep.tasks.base import GPTTask, perplexity
 
 
 def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:

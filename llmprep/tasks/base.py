@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
 
 from llmprep.generate import equal_length_batches, generate
 from llmprep.model import GPT, GPTConfig
@@ -39,6 +40,16 @@ from llmprep.tasks.optim import build_adamw, lr_lambda
 from llmprep.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+MAX_LOG_PPL = 20.0
+"""Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
+says nothing more and overflows float16 loggers."""
+
+
+def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
+    """exp(loss), capped at exp(``MAX_LOG_PPL``)."""
+    return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
 
 
 def is_sharded(trainer: L.Trainer) -> bool:
@@ -134,6 +145,14 @@ class GPTTask(L.LightningModule):
         for lg in self.loggers:
             lg.log_hyperparams(counts)
         return counts
+
+    def log_loss(self, split: str, metric: MeanMetric) -> None:
+        """Log ``<split>/loss`` (token-weighted over all processes) and ``<split>/ppl``, then
+        reset the metric for the next epoch."""
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
+        self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
 
     def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """What a stage does once fitting is over (report, test, generate); rank 0 prints."""

@@ -19,7 +19,7 @@ from llmprep.data.prompts import get_style
 from llmprep.model import GPT
 from llmprep.model.init import build_model
 from llmprep.tasks.base import GPTTask, is_sharded
-from llmprep.tasks.pretrain import lm_loss, perplexity
+from llmprep.tasks.pretrain import lm_loss
 from llmprep.training.config import plain_config
 
 log = logging.getLogger(__name__)
@@ -123,20 +123,13 @@ class InstructTask(GPTTask):
         if tokens:
             self.test_loss.update(loss, weight=tokens)
 
-    def _log_loss(self, split: str, metric: MeanMetric) -> None:
-        """``<split>/loss`` (token-weighted over all processes) and its perplexity."""
-        loss = metric.compute()
-        metric.reset()
-        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
-        self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
-
     def on_validation_epoch_end(self) -> None:
-        self._log_loss("val", self.val_loss)
+        self.log_loss("val", self.val_loss)
         if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_samples()
 
     def on_test_epoch_end(self) -> None:
-        self._log_loss("test", self.test_loss)
+        self.log_loss("test", self.test_loss)
 
     def log_samples(self) -> list[dict[str, str]]:
         """Answer the first ``sample.count`` validation records greedily and log them (W&B

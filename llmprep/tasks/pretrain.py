@@ -20,16 +20,6 @@ from llmprep.training.config import plain_config
 log = logging.getLogger(__name__)
 
 
-MAX_LOG_PPL = 20.0
-"""Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
-says nothing more and overflows float16 loggers."""
-
-
-def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
-    """exp(loss), capped at exp(``MAX_LOG_PPL``)."""
-    return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
-
-
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; targets of -100 are ignored."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -68,10 +58,7 @@ class PretrainTask(GPTTask):
         self.val_loss.update(loss, weight=targets.numel())
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", perplexity(loss), sync_dist=False)
+        self.log_loss("val", self.val_loss)
         if not self.trainer.sanity_checking and (self.trainer.is_global_zero or self.sharded):
             self.log_sample()
 
