@@ -54,3 +54,8 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"broken\.ckpt"):
         build_model(TINY_MODEL, str(bad))
+
+
+def test_unknown_model_key_is_named():
+    with pytest.raises(ValueError, match=r"unknown GPTConfig field.*emb_size"):
+        build_model({**TINY_MODEL, "emb_size": 64}, None)

@@ -29,7 +29,7 @@ ARCH_KEYS = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads")
 
 def model_config_from(model_cfg: Mapping[str, Any]) -> GPTConfig:
     """A ``GPTConfig`` from the ``model`` config group (its ``name`` is only a label)."""
-    return GPTConfig(**{k: v for k, v in model_cfg.items() if k != "name"})
+    return GPTConfig.from_dict({k: v for k, v in model_cfg.items() if k != "name"})
 
 
 def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
