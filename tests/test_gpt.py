@@ -35,6 +35,21 @@ def test_trainable_only_skips_frozen_parameters() -> None:
     assert model.num_parameters(trainable_only=True) == VOCAB * 64
 
 
+@pytest.mark.parametrize("head", [None, 2])
+def test_flops_per_token_match_torch_flop_counter(head: int | None) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny().train()
+    if head is not None:
+        model.out_head = nn.Linear(64, head)
+    idx = torch.randint(0, VOCAB, (2, 24))
+    # The math kernel spells attention out as matmuls, which the counter sees on every device.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx).sum().backward()
+    assert model.flops_per_token(24) * idx.numel() == counter.get_total_flops()
+
+
 def test_layers_have_the_names_other_code_targets() -> None:
     model = tiny(qkv_bias=True)
     attn = model.blocks[1].attn
