@@ -213,21 +213,24 @@ class GPT(nn.Module):
                 x = block(x, kv_cache)
         return self.out_head(self.final_norm(x))
 
-    def flops_per_token(self, seq_len: int) -> int:
-        """Floating-point operations of one training step (forward and backward) per token, for
-        windows of ``seq_len`` tokens: the figure MFU divides by.
+    def flops_per_token(self, seq_len: int, training: bool = True) -> int:
+        """Floating-point operations per token of windows of ``seq_len`` tokens: of a training
+        step (forward and backward) or, with ``training=False``, of a forward pass alone. The
+        figure MFU divides by.
 
         Counted as PaLM's appendix and nanoGPT do: 2 FLOPs per multiply-add of every weight
         matrix a token passes through (the blocks' projections and ``out_head``, whatever its
         width; embedding lookups are free), plus the attention scores and weighted values over
-        the full window (the causal half is not subtracted), all times 3 for the backward pass.
+        the full window (the causal half is not subtracted); the backward pass costs twice the
+        forward.
         Frozen weights count as trained, as MFU conventionally does.
         """
         matrices = sum(
             m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear)
         )
         attention = 2 * self.config.n_layers * seq_len * self.config.emb_dim
-        return 3 * 2 * (matrices + attention)
+        forward = 2 * (matrices + attention)
+        return 3 * forward if training else forward
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters, a tied embedding/head matrix counted once."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,6 +51,12 @@ def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
     return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
 
 
+def batch_inputs(batch: Any) -> torch.Tensor:
+    """The token ids [B, T] of any stage's batch: ``(inputs, targets)`` or a dict with
+    ``input_ids``."""
+    return batch["input_ids"] if isinstance(batch, Mapping) else batch[0]
+
+
 def is_sharded(trainer: L.Trainer) -> bool:
     """True under FSDP, where every rank must take part in each forward pass (generation
     included) and the shards are gone once fitting ends."""
@@ -86,7 +91,7 @@ class GPTTask(L.LightningModule):
             self._setup_lora(base_tensors, holds_base=model is not None)
         self.tokens_seen = 0
         self.matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
-        self._step_started = 0.0
+        self._flops_per_batch: int | None = None
 
     def _setup_lora(self, base_tensors: set[int], holds_base: bool) -> None:
         """Inject the adapters and note what checkpoints must store and which base they refer to.
@@ -125,7 +130,8 @@ class GPTTask(L.LightningModule):
         return get_tokenizer()
 
     def count_tokens(self, batch_tokens: int) -> int:
-        """Add this step's tokens over all processes to ``tokens_seen`` and return them."""
+        """Add this batch's input tokens over all processes (padding included: what the model
+        computed on) to ``tokens_seen`` and return them."""
         step_tokens = batch_tokens * self.trainer.world_size
         self.tokens_seen += step_tokens
         return step_tokens
@@ -160,15 +166,30 @@ class GPTTask(L.LightningModule):
     def on_fit_start(self) -> None:
         self.log_parameter_counts()
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of the batch in flight: read by Lightning's ``ThroughputMonitor`` for its FLOP/s
+        and MFU figures (forward and backward while training, forward alone in evaluation)."""
+        return self._flops_per_batch
 
-    def log_throughput(self, step_tokens: int) -> None:
-        """Log tokens seen and tokens/s of the step that just ran."""
-        elapsed = time.perf_counter() - self._step_started
+    def _note_batch(self, batch: Any, training: bool) -> int:
+        """Set :attr:`flops_per_batch` for ``batch``; return its number of input tokens."""
+        inputs = batch_inputs(batch)
+        per_token = self.model.flops_per_token(inputs.shape[-1], training=training)
+        self._flops_per_batch = per_token * inputs.numel()
+        return inputs.numel()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.count_tokens(self._note_batch(batch, training=True))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("train/tokens_seen", float(self.tokens_seen), rank_zero_only=True)
-        if elapsed > 0:
-            self.log("train/tokens_per_s", step_tokens / elapsed, rank_zero_only=True)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._note_batch(batch, training=False)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._note_batch(batch, training=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim: Mapping[str, Any] = self.config["optim"]

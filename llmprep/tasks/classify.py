@@ -253,9 +253,7 @@ class ClassifyTask(GPTTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._scored_loss(batch, "train")
-        step_tokens = self.count_tokens(batch["input_ids"].numel())
         self.log("train/loss", loss, prog_bar=True)
-        self.log_throughput(step_tokens)
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -108,9 +108,7 @@ class InstructTask(GPTTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self.loss_and_tokens(batch)
-        step_tokens = self.count_tokens(batch["input_ids"].numel())
         self.log("train/loss", loss, prog_bar=True)
-        self.log_throughput(step_tokens)
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

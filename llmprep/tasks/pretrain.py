@@ -47,9 +47,7 @@ class PretrainTask(GPTTask):
     ) -> torch.Tensor:
         inputs, targets = batch
         loss = lm_loss(self.model(inputs), targets)
-        step_tokens = self.count_tokens(inputs.numel())
         self.log("train/loss", loss, prog_bar=True)
-        self.log_throughput(step_tokens)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -1,0 +1,55 @@
+"""Training throughput measured over whole steps (forward, backward, optimizer step, data
+loading) by Lightning's ``ThroughputMonitor``, logged to every logger and shown in the bar.
+
+The monitor times from one ``on_train_batch_end`` to the next and divides by the tokens, samples
+and FLOPs of those batches (FLOPs from the task's ``flops_per_batch``: see
+``GPT.flops_per_token``). It logs ``train/device/items_per_sec`` (items are input tokens, padding
+included), ``train/device/samples_per_sec``, ``train/device/flops_per_sec`` and, where Lightning
+knows the device's peak for the run's precision (NVIDIA and TPU chips, not CPUs),
+``train/device/mfu``; with several processes also the summed ``train/items_per_sec`` and so on.
+Figures appear once ``window_size`` batches have run, every ``trainer.log_every_n_steps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
+
+from llmprep.tasks.base import batch_inputs
+
+TOKENS_PER_SEC = "train/device/items_per_sec"
+MFU = "train/device/mfu"
+
+
+def batch_size(batch: Any) -> int:
+    """Number of sequences in a batch of any stage."""
+    return batch_inputs(batch).shape[0]
+
+
+def batch_tokens(batch: Any) -> int:
+    """Number of input tokens in a batch of any stage."""
+    return batch_inputs(batch).numel()
+
+
+class TokenThroughput(ThroughputMonitor):
+    """``ThroughputMonitor`` counting samples and tokens of our batches, keys joined by ``/``."""
+
+    def __init__(self, window_size: int = 10) -> None:
+        super().__init__(
+            batch_size_fn=batch_size, length_fn=batch_tokens, window_size=window_size, separator="/"
+        )
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, with the latest tokens/s and MFU the throughput monitor logged."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        logged = trainer.logged_metrics
+        if TOKENS_PER_SEC in logged:
+            items["tok/s"] = f"{float(logged[TOKENS_PER_SEC]):,.0f}"
+        if MFU in logged:
+            items["mfu"] = f"{float(logged[MFU]):.1%}"
+        return items
