@@ -1,14 +1,17 @@
 """Evaluate a checkpoint: `python evaluate.py stage=pretrain ckpt_path=outputs/.../last.ckpt`."""
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from llmprep.errors import report_user_errors
     from llmprep.evaluation.report import run_evaluation
 
-    run_evaluation(cfg)
+    report_user_errors(lambda: run_evaluation(cfg), logging.getLogger("llmprep"))
 
 
 if __name__ == "__main__":

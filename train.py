@@ -1,14 +1,17 @@
 """Train a GPT: `python train.py stage=pretrain model=gpt2-small` (see conf/train.yaml)."""
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from llmprep.errors import report_user_errors
     from llmprep.training.run import train
 
-    return train(cfg)
+    return report_user_errors(lambda: train(cfg), logging.getLogger("llmprep"))
 
 
 if __name__ == "__main__":

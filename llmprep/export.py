@@ -21,7 +21,9 @@ import torch
 
 from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.model import GPT, GPTConfig
-from llmprep.model.init import checkpoint_model, read_checkpoint
+from llmprep.checkpoints import read_checkpoint
+from llmprep.errors import is_user_error, one_line
+from llmprep.model.init import checkpoint_model
 from llmprep.model.lora import has_classifier_head
 from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, export_hf, read_json
 
@@ -84,11 +86,8 @@ def load_classifier(folder: str | Path) -> tuple[GPT, dict[str, Any]]:
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     """Export one of our checkpoints (any stage, LoRA or not; see the module docstring);
     returns ``out_dir``."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
-    ckpt = read_checkpoint(path, "ckpt_path")
-    model = checkpoint_model(ckpt, path)
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
+    model = checkpoint_model(ckpt, ckpt_path)
     if not has_classifier_head(model):
         return export_hf(model, out_dir)
     hparams = ckpt["hyper_parameters"]
@@ -125,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"missing {' and '.join(missing)}=...")
     try:
         out = export_checkpoint(settings["ckpt_path"], settings["out_dir"])
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not (is_user_error(err) or isinstance(err, OSError)):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
     print(f"exported {settings['ckpt_path']} to {out} ({kind} folder)")

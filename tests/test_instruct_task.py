@@ -197,10 +197,7 @@ def compose_train(*overrides: str) -> DictConfig:
 
 def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2() -> None:
     cfg = compose_train("stage=instruct")
-    assert (cfg.stage.task, cfg.stage.monitor) == (
-        "llmprep.tasks.instruct.InstructTask",
-        "val/loss",
-    )
+    assert (cfg.stage.name, cfg.stage.monitor) == ("instruct", "val/loss")
     assert (cfg.model.name, cfg.init_from) == ("gpt2-small", "openai-community/gpt2")
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_all) == (5e-5, 0.1, True)
     assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.data.path) == (

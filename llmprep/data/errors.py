@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmprep.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input data: the file, the 1-based line where the record starts (``None`` for the file
     as a whole) and the field (``None`` for a whole line or record) are in the message and kept
     as attributes, so a user can go straight to the problem."""

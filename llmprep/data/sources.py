@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from llmprep.atomic import atomic_path
+from llmprep.errors import UserError
 
 CACHE_ENV = "LLMPREP_CACHE"
 MIRROR_ENV = "LLMPREP_MIRROR"
@@ -37,7 +38,7 @@ _READ_BYTES = 1 << 20
 _GLOB_CHARS = frozenset("*?[")
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """A data source could not be resolved to a checked local file."""
 
 

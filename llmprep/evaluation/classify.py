@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llmprep.data.classification import SPLITS, ClassificationDataModule
 from llmprep.evaluation.report import (
@@ -25,6 +24,7 @@ from llmprep.evaluation.report import (
     results_path,
     write_json,
 )
+from llmprep.stages import stored_datamodule
 from llmprep.tasks.classify import ClassificationScores, ClassifyTask
 
 
@@ -52,8 +52,9 @@ def split_datamodule(
     else:
         origin = f"re-derived from {data['path']} with seed {data['seed']}"
     data.update(labels=task.label_names, batch_size=batch_size, num_workers=0)
-    datamodule = instantiate(
-        OmegaConf.create(data),
+    datamodule = stored_datamodule(
+        "classify",
+        data,
         context_length=task.hparams["model_config"]["context_length"],
         output_dir=None,
     )

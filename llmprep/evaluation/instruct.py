@@ -28,6 +28,7 @@ from llmprep.evaluation.report import (
     results_path,
     write_json,
 )
+from llmprep.stages import stored_datamodule
 from llmprep.tasks.instruct import InstructTask
 
 
@@ -61,9 +62,9 @@ def print_judgement(judged: Mapping[str, Any]) -> None:
 
 def instruct_datamodule(task: InstructTask, batch_size: int) -> InstructDataModule:
     """The checkpoint's run data (same source, split and masking) in the model's prompt style."""
-    data_cfg = OmegaConf.create(task.config["data"])
-    datamodule = instantiate(
-        data_cfg,
+    datamodule = stored_datamodule(
+        "instruct",
+        task.config["data"],
         context_length=task.hparams.model_config["context_length"],
         prompt_style=task.style.name,
         batch_size=batch_size,

@@ -24,6 +24,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llmprep.errors import UserError
+
 APIS = ("auto", "ollama", "openai")
 MAX_SCORE = 100
 BIN_WIDTH = 10
@@ -31,7 +33,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _SNIPPET = 200
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """The judge could not be asked or did not answer in its wire format; names the URL."""
 
 

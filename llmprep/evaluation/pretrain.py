@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from llmprep.data.sources import resolve_many
@@ -22,6 +21,7 @@ from llmprep.evaluation.report import (
     results_path,
     write_json,
 )
+from llmprep.stages import stored_datamodule
 from llmprep.tasks.pretrain import lm_loss
 
 
@@ -39,8 +39,9 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
     written to ``<checkpoint>.eval.json``. Windows use the run's ``max_length`` and ``stride``."""
     device = eval_device(cfg)
     task = load_task(ckpt_path, "pretrain", device)
-    data_cfg = OmegaConf.create(task.config["data"])
-    datamodule = instantiate(data_cfg, context_length=task.model.config.context_length)
+    datamodule = stored_datamodule(
+        "pretrain", task.config["data"], context_length=task.model.config.context_length
+    )
     datamodule.prepare_data()
     datamodule.setup("validate")
     batch = cfg.eval.batch_size

@@ -7,38 +7,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, get_method
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from llmprep.atomic import write_json_atomically
-from llmprep.model.init import read_checkpoint
+from llmprep.checkpoints import read_checkpoint, run_config
+from llmprep.errors import CheckpointError
+from llmprep.stages import evaluator, task_class
 from llmprep.tasks.base import GPTTask, perplexity
 
 
-def load_task(ckpt_path: Path, stage: str, device: torch.device) -> GPTTask:
+def load_task(ckpt_path: str | Path, stage: str, device: torch.device) -> GPTTask:
     """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``.
 
-    The checkpoint is read once, safely (no pickled code), to check that ``stage`` trained it
-    and to find its task class; Lightning's ``load_from_checkpoint`` then restores the task.
+    The checkpoint is read once, safely (see :mod:`llmprep.checkpoints`); the task class is
+    ``stage``'s from the registry, never one named in the file, and gets the stored
+    hyperparameters as plain values.
     """
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist")
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
-    try:
-        trained = ckpt["hyper_parameters"]["config"]["stage"]
-        trained_stage, task_name = trained["name"], trained["task"]
-    except (KeyError, TypeError):
-        raise ValueError(f"ckpt_path={str(ckpt_path)!r} is not an llmprep checkpoint") from None
+    trained_stage = run_config(ckpt, ckpt_path, "ckpt_path")["stage"].get("name")
     if trained_stage != stage:
-        raise ValueError(
+        raise CheckpointError(
             f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained_stage!r}, not {stage!r}: "
             f"run `python evaluate.py stage={trained_stage} ckpt_path=...`"
         )
-    task_cls = get_class(task_name)
-    task = task_cls.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True)
-    return task.eval()
+    task = task_class(stage)(**ckpt["hyper_parameters"])
+    task.on_load_checkpoint(ckpt)
+    task.load_state_dict(ckpt["state_dict"])
+    return task.to(device).eval()
 
 
 def eval_device(cfg: DictConfig) -> torch.device:
@@ -82,5 +79,5 @@ def loss_report(batches: Iterable[tuple[torch.Tensor, int]]) -> dict[str, Any]:
 
 
 def run_evaluation(cfg: DictConfig) -> Any:
-    """Dispatch to the stage's evaluator (``stage.evaluator``) for ``ckpt_path``."""
-    return get_method(cfg.stage.evaluator)(cfg, Path(cfg.ckpt_path).expanduser().resolve())
+    """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
+    return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())

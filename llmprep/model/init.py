@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from llmprep.checkpoints import read_checkpoint
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.lora import (
     CHECKPOINT_KEY,
@@ -41,17 +41,6 @@ def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str
     if not state:
         raise ValueError(f"{path}: checkpoint holds no `model.*` weights")
     return state
-
-
-def read_checkpoint(path: str | Path, setting: str = "init_from") -> dict[str, Any]:
-    """One of our Lightning checkpoints, read with ``torch.load(weights_only=True)``: tensors and
-    plain config only, no pickled code. Errors name ``setting``, the key the path came from."""
-    try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
-        raise ValueError(
-            f"{setting}={str(path)!r}: not a readable llmprep checkpoint ({err})"
-        ) from err
 
 
 def _fit_head(model: GPT, state: Mapping[str, torch.Tensor]) -> None:

@@ -11,9 +11,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
+from llmprep.stages import task_class
 from llmprep.training.config import plain_config
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
@@ -68,7 +69,7 @@ def train(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg, output_dir, job_num, config)
     failed = True
     try:
-        task, datamodule = get_class(cfg.stage.task).from_config(cfg, output_dir)
+        task, datamodule = task_class(cfg.stage.name).from_config(cfg, output_dir)
         trainer = build_trainer(cfg, output_dir, logger)
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         if cfg.test_after_fit:

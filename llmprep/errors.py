@@ -1,0 +1,63 @@
+"""The errors llmprep raises for input a user can fix, and how the commands report them.
+
+Every such error is a :class:`UserError` (data, source, config, checkpoint, judge) whose message
+names the file, key or value to fix. ``train.py``, ``evaluate.py`` and ``llmprep-export`` print
+it as one line, write the same line to the run's log and exit with status 1; with
+``HYDRA_FULL_ERROR=1`` the whole traceback is shown instead. A ``ValueError`` raised by
+llmprep's own code (not by a library it calls) is input validation too and is reported the same
+way. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Bad input, named precisely enough to be fixed without reading a traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value of the wrong type or out of range; the message names the key."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, not ours, or for another model."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """True for a :class:`UserError`, or a ``ValueError`` whose innermost frame is llmprep's."""
+    if isinstance(err, UserError):
+        return True
+    if not isinstance(err, ValueError) or err.__traceback__ is None:
+        return False
+    innermost = traceback.extract_tb(err.__traceback__)[-1]
+    return Path(innermost.filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on a single line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def report_user_errors(command: Callable[[], T], log: logging.Logger) -> T:
+    """Run ``command``; a user error is logged as one line (console and the run's log file)
+    and ends the process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback."""
+    try:
+        return command()
+    except Exception as err:
+        if not is_user_error(err) or os.environ.get(FULL_ERROR_ENV) == "1":
+            raise
+        log.error("%s", one_line(err))
+        sys.exit(1)
