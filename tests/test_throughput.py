@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import pytest
@@ -19,7 +20,7 @@ class SlowOptimizer(L.Callback):
     """Makes every optimizer step take ``STEP_PAUSE`` seconds more and records when each training
     batch ended, so a test knows the true time per step."""
 
-    ends: list[float] = []
+    ends: ClassVar[list[float]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         time.sleep(STEP_PAUSE)

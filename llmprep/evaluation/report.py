@@ -16,6 +16,7 @@ from llmprep.checkpoints import read_checkpoint, run_config
 from llmprep.errors import CheckpointError
 from llmprep.stages import evaluator, task_class
 from llmprep.tasks.base import GPTTask, perplexity
+from llmprep.training.validate import validate_config
 
 
 def load_task(ckpt_path: str | Path, stage: str, device: torch.device) -> GPTTask:
@@ -80,4 +81,5 @@ def loss_report(batches: Iterable[tuple[torch.Tensor, int]]) -> dict[str, Any]:
 
 def run_evaluation(cfg: DictConfig) -> Any:
     """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
+    validate_config(cfg)
     return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())

@@ -14,10 +14,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
+from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
+from llmprep.errors import CheckpointError
+from llmprep.model.init import ARCH_KEYS
 from llmprep.stages import task_class
 from llmprep.training.config import plain_config
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
+from llmprep.training.validate import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,39 @@ def build_trainer(cfg: DictConfig, output_dir: Path, logger) -> L.Trainer:
     )
 
 
+def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) -> Path:
+    """The local file to resume from, checked before fitting: an llmprep checkpoint of this
+    stage and of the architecture this run builds (a mismatch names both model sizes)."""
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
+    config = run_config(ckpt, ckpt_path, "ckpt_path")
+    trained = config["stage"].get("name")
+    if trained != cfg.stage.name:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} was trained by stage {trained!r}: resume it with "
+            f"stage={trained}, not stage={cfg.stage.name}"
+        )
+    stored = ckpt["hyper_parameters"].get("model_config", {})
+    built = task.hparams["model_config"]
+    if any(stored.get(k) != built.get(k) for k in ARCH_KEYS):
+
+        def shape(values: dict) -> str:
+            return ", ".join(f"{k}={values.get(k)}" for k in ARCH_KEYS)
+
+        name = config.get("model", {}).get("name")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} holds a {name} ({shape(stored)}) but this run builds "
+            f"model={cfg.model.name} ({shape(built)}): resume it with model={name}"
+        )
+    return local_checkpoint(ckpt_path, "ckpt_path")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the stage's task as configured; return the best monitored metric (for sweepers).
 
     Every job, failed or not, closes its W&B run and its process group, so the next job of a
     ``-m`` sweep starts clean.
     """
+    validate_config(cfg)
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     job_num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -71,7 +102,8 @@ def train(cfg: DictConfig) -> float | None:
     try:
         task, datamodule = task_class(cfg.stage.name).from_config(cfg, output_dir)
         trainer = build_trainer(cfg, output_dir, logger)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if cfg.test_after_fit:
             task.after_fit(trainer, datamodule)
         failed = False

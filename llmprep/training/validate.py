@@ -1,0 +1,90 @@
+"""Up-front checks of the run config, so a mistyped value stops the run before anything is
+built or written, with the key named (``trainer.max_steps='abc': expected an integer >= -1``).
+
+Only values llmprep or Lightning would otherwise misread or reject deep inside a run are checked
+here: numbers that must be numbers, counts that must be positive. Missing optional keys (a
+stage without ``data.stride``) are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmprep.errors import ConfigError
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``key`` holds an ``int`` (or any real number with ``real``) ``>= low`` (``> low`` with
+    ``strict``), or null when ``nullable``."""
+
+    key: str
+    low: float
+    real: bool = False
+    strict: bool = False
+    nullable: bool = False
+
+    def check(self, value: Any) -> None:
+        if value is None and self.nullable:
+            return
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_real = is_int or (isinstance(value, float) and math.isfinite(value))
+        in_range = (value > self.low if self.strict else value >= self.low) if is_real else False
+        if not (is_int or (self.real and is_real)) or not in_range:
+            kind = "a number" if self.real else "an integer"
+            bound = f"{'>' if self.strict else '>='} {self.low:g}"
+            null = " or null" if self.nullable else ""
+            raise ConfigError(f"{self.key}={value!r}: expected {kind} {bound}{null}")
+
+
+RULES = (
+    Rule("seed", 0),
+    Rule("trainer.max_epochs", -1, nullable=True),
+    Rule("trainer.max_steps", -1),
+    Rule("trainer.accumulate_grad_batches", 1),
+    Rule("trainer.log_every_n_steps", 1),
+    Rule("trainer.check_val_every_n_epoch", 1, nullable=True),
+    Rule("trainer.val_check_interval", 0, real=True, strict=True, nullable=True),
+    Rule("trainer.gradient_clip_val", 0, real=True, nullable=True),
+    Rule("trainer.limit_train_batches", 0, real=True, nullable=True),
+    Rule("trainer.limit_val_batches", 0, real=True, nullable=True),
+    Rule("trainer.num_sanity_val_steps", -1, nullable=True),
+    Rule("optim.lr", 0, real=True, strict=True),
+    Rule("optim.min_lr", 0, real=True),
+    Rule("optim.weight_decay", 0, real=True),
+    Rule("optim.eps", 0, real=True, strict=True),
+    Rule("optim.warmup_steps", 0),
+    Rule("data.batch_size", 1),
+    Rule("data.max_length", 1, nullable=True),
+    Rule("data.stride", 1, nullable=True),
+    Rule("data.num_workers", 0),
+    Rule("lora.rank", 0),
+    Rule("lora.alpha", 0, real=True, strict=True),
+    Rule("lora.dropout", 0, real=True),
+    Rule("hardware.threads", 1, nullable=True),
+    Rule("eval.batch_size", 1),
+)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise a :class:`ConfigError` naming the first key of ``cfg`` with a bad value."""
+    for rule in RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
+        if value is not _ABSENT:
+            rule.check(value)
+    betas = OmegaConf.select(cfg, "optim.betas", default=None)
+    if betas is not None:
+        values = list(betas) if OmegaConf.is_list(betas) else betas
+        if not (
+            isinstance(values, list)
+            and len(values) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in values)
+            and all(0 <= b < 1 for b in values)
+        ):
+            raise ConfigError(f"optim.betas={values!r}: expected two numbers in [0, 1)")
