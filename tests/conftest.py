@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +67,37 @@ def run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.Completed
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+@dataclass
+class CliResult:
+    """What a command printed and the status it exited with."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run ``python <script> <args>`` in this process, as ``python`` would run it (``__main__``,
+    the real Hydra entry point and its run folder), without a new interpreter's ~10 s of imports.
+
+    An exception other than ``SystemExit`` propagates: a command must never end in a traceback.
+    """
+
+    def run(script: str, *args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        capfd.readouterr()
+        code = 0
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capfd.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
 
 
 def fit_checkpoint(

@@ -490,7 +490,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.output_dir = output_dir
         self.drop_last_train = drop_last_train
-        self.save_hyperparameters()
         self.splits: Splits | None = None
         self.datasets: dict[str, EncodedExamples] = {}
         self._label_names: list[str] = []

@@ -461,7 +461,6 @@ class InstructDataModule(L.LightningDataModule):
         self.bucket = bucket
         self.seed = seed
         self.output_dir = output_dir
-        self.save_hyperparameters()
         self.records: dict[str, list[Record]] = {}
         self.datasets: dict[str, EncodedInstructions] = {}
 

@@ -11,6 +11,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from llmprep.training.config import redacted_argv
+
 
 def wandb_has_credentials() -> bool:
     """True when an API key is in the environment or ``wandb login`` left one in the netrc file
@@ -47,6 +49,7 @@ def build_logger(
     """The logger that ``logger.kind`` names, writing under the run folder.
 
     ``config`` is the plain, redacted run config: it is what W&B records as the run's config.
+    The W&B run starts here, on rank 0, with secrets redacted from the command line it records.
     """
     kind = cfg.logger.kind
     if kind == "none":
@@ -69,6 +72,8 @@ def build_logger(
         log_model=cfg.logger.log_model,
         config=config,
     )
+    with redacted_argv():
+        _ = logger.experiment  # W&B records the command line as the run starts
     return logger
 
 
