@@ -10,7 +10,9 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     from llmprep.errors import report_user_errors
     from llmprep.evaluation.report import run_evaluation
+    from llmprep.logs import route_library_logs
 
+    route_library_logs()
     report_user_errors(lambda: run_evaluation(cfg), logging.getLogger("llmprep"))
 
 

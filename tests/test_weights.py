@@ -230,7 +230,7 @@ def test_offline_hub_id_explains_the_local_alternatives(
     with pytest.raises(ConnectionError) as err:
         load_pretrained("gpt2")
     message = str(err.value)
-    assert "could not reach the Hugging Face hub for 'openai-community/gpt2'" in message
+    assert "init_from='openai-community/gpt2': could not reach the Hugging Face hub" in message
     assert "init_from" in message and "model.safetensors" in message and ".ckpt" in message
 
 

@@ -39,8 +39,17 @@ def test_exactly_one_window_needs_max_length_plus_one_tokens():
 
 
 def test_corpus_of_max_length_tokens_is_refused_with_counts():
-    with pytest.raises(ValueError, match=r"4 tokens.*max_length=4.*max_length below 4"):
+    with pytest.raises(
+        ValueError, match=r"corpus has 4 tokens.*max_length=4.*largest data.max_length .* is 3"
+    ):
         TokenWindows(list(range(4)), max_length=4, stride=1)
+
+
+def test_a_one_token_split_says_no_window_fits():
+    with pytest.raises(
+        ValueError, match=r"validation split has 1 tokens.*no data.max_length works"
+    ):
+        TokenWindows([7], max_length=4, stride=1, name="validation split")
 
 
 def test_stride_beyond_max_length_skips_tokens():

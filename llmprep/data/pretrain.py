@@ -84,8 +84,12 @@ class PretrainDataModule(L.LightningDataModule):
             train, val = split_tokens(build_token_store(files).tokens, self.train_fraction)
         else:
             train, val = self._split_characters(files)
-        self.train_set = TokenWindows(train, self.max_length, self.stride)
-        self.val_set = TokenWindows(val, self.max_length, self.stride) if len(val) else None
+        self.train_set = TokenWindows(train, self.max_length, self.stride, "training split")
+        self.val_set = (
+            TokenWindows(val, self.max_length, self.stride, "validation split")
+            if len(val)
+            else None
+        )
 
     def _split_characters(self, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         """The first ``train_fraction`` of the characters of all documents, and the rest, each

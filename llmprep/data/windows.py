@@ -23,11 +23,15 @@ class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """
 
     def __init__(
-        self, tokens: np.ndarray | torch.Tensor | Sequence[int], max_length: int, stride: int
+        self,
+        tokens: np.ndarray | torch.Tensor | Sequence[int],
+        max_length: int,
+        stride: int,
+        name: str = "corpus",
     ) -> None:
-        for name, value in (("max_length", max_length), ("stride", stride)):
+        for setting, value in (("max_length", max_length), ("stride", stride)):
             if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{setting} must be a positive integer, got {value!r}")
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().numpy()
         elif not isinstance(tokens, np.ndarray):
@@ -38,10 +42,15 @@ class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 f"got shape {tuple(tokens.shape)} of {tokens.dtype}"
             )
         if len(tokens) <= max_length:
+            fix = (
+                f"the largest data.max_length that works is {len(tokens) - 1}"
+                if len(tokens) > 1
+                else "no data.max_length works"
+            )
             raise ValueError(
-                f"the corpus has {len(tokens)} tokens, too few for one window of "
-                f"max_length={max_length} (a window needs max_length + 1 tokens); "
-                f"use a max_length below {len(tokens)} or a larger corpus"
+                f"the {name} has {len(tokens)} tokens, too few for one window of "
+                f"data.max_length={max_length} (a window needs max_length + 1 tokens): {fix}; "
+                "use a larger corpus or change data.train_fraction"
             )
         self.tokens = tokens
         self.max_length = int(max_length)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from llmprep.atomic import atomic_path, write_json_atomically
+from llmprep.errors import UserError
 from llmprep.model.config import GPTConfig
 from llmprep.model.gpt import GPT, LAYER_NORM_EPS
 
@@ -304,6 +305,10 @@ def _load_tf_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
     return model
 
 
+class HubError(UserError, ConnectionError):
+    """Pretrained weights named by a hub id are neither cached nor reachable."""
+
+
 def _download(repo_id: str) -> Path:
     """The local folder holding ``repo_id``'s config and safetensors weights (hub cache)."""
     from huggingface_hub import hf_hub_download
@@ -320,9 +325,10 @@ def _download(repo_id: str) -> Path:
         return Path(hf_hub_download(repo_id, WEIGHTS_FILE)).parent
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError):
         offline = os.environ.get("HF_HUB_OFFLINE", "0")
-        raise ConnectionError(
-            f"could not reach the Hugging Face hub for {repo_id!r} (HF_HUB_OFFLINE={offline}) "
-            "and it is not in the local hub cache. Point init_from at a local folder holding "
+        raise HubError(
+            f"init_from={repo_id!r}: could not reach the Hugging Face hub (HF_HUB_OFFLINE="
+            f"{offline}) and it is not in the local hub cache. "
+            "Point init_from at a local folder holding "
             f"{WEIGHTS_FILE} and {CONFIG_FILE}, or at one of our checkpoints (.ckpt), instead."
         ) from None
     except RepositoryNotFoundError:
