@@ -6,6 +6,8 @@ Tests that need the real data files read them through ``LLMPREP_MIRROR`` (``.ci/
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import runpy
@@ -194,6 +196,27 @@ def judge_server() -> Iterator[FakeJudge]:
     yield fake
     fake.shutdown()
     fake.server_close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server in a thread: (folder it serves, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
 
 
 @pytest.fixture
