@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import random
 from pathlib import Path
@@ -29,6 +31,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _jsonl(path: Path, texts: list[str]) -> Path:
+    return _write(path, "".join(json.dumps({"text": text}) + "\n" for text in texts))
 
 
 def _identity(store: TokenStore) -> tuple[int, int]:
@@ -153,3 +159,21 @@ def test_jsonl_line_without_text_names_file_and_line(tmp_path, cache):
     corpus.write_text('{"text": "ok"}\n{"body": "no"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2"):
         build_token_store([corpus])
+
+
+def test_empty_and_blank_documents_add_no_end_of_text(tmp_path, cache):
+    eot = get_tokenizer().eot_id
+    with_empty = _jsonl(tmp_path / "with_empty.jsonl", ["", "General", " \n\t", "Kenobi", ""])
+    without = _jsonl(tmp_path / "without.jsonl", ["General", "Kenobi"])
+    files = [
+        _write(tmp_path / "empty.txt", ""),
+        _write(tmp_path / "a.txt", "Hello there"),
+        _write(tmp_path / "blank.txt", "\n\n  \n"),
+        with_empty,
+        _write(tmp_path / "b.txt", "end"),
+    ]
+    tokens = build_token_store(files, chunk_chars=2).tokens.tolist()
+    assert not any(a == b == eot for a, b in itertools.pairwise(tokens))
+    assert tokens[0] != eot and tokens[-1] != eot
+    plain = [tmp_path / "a.txt", without, tmp_path / "b.txt"]
+    assert tokens == build_token_store(plain).tokens.tolist()
