@@ -6,11 +6,14 @@ import itertools
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from llmprep.atomic import temp_path
 from llmprep.data.token_store import TokenStore, build_token_store, split_tokens
 from llmprep.tokenizer import get_tokenizer
 
@@ -177,3 +180,27 @@ def test_empty_and_blank_documents_add_no_end_of_text(tmp_path, cache):
     assert tokens[0] != eot and tokens[-1] != eot
     plain = [tmp_path / "a.txt", without, tmp_path / "b.txt"]
     assert tokens == build_token_store(plain).tokens.tolist()
+
+
+def test_a_killed_builds_temporary_files_are_swept_and_a_live_builders_kept(tmp_path, cache):
+    source = _write(tmp_path / "a.txt", "some text")
+    first = build_token_store([source])
+    json_path = first.bin_path.with_suffix(".json")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [temp_path(first.bin_path, dead.pid), temp_path(json_path, dead.pid)]
+        busy = temp_path(first.bin_path, live.pid)
+        for temp in [*stale, busy]:
+            temp.write_bytes(b"half written")
+        first.bin_path.unlink()  # the killed build was the first: no store yet
+        json_path.unlink()
+        again = build_token_store([source])
+        assert again.tokens.tolist() == get_tokenizer().encode("some text")
+        assert sorted(p.name for p in (cache / "tokens").iterdir()) == sorted(
+            [busy.name, first.bin_path.name, json_path.name]
+        )
+    finally:
+        live.kill()
+        live.wait()

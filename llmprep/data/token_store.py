@@ -86,7 +86,9 @@ def build_token_store(
     Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
     and the ``.json`` last, so an interrupted build never leaves a store that looks complete.
     Concurrent builders of the same store each write their own temporary files; the last
-    rename wins and both results are identical.
+    rename wins and both results are identical. The temporary files of a build that was killed
+    are removed by the next build of the store, never those of a builder still running
+    (``llmprep.atomic.sweep_stale_temps``).
     """
     if not paths:
         raise ValueError("build_token_store needs at least one source file")
