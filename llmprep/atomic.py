@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,15 +84,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Decision: the file is created with ``O_CREAT | O_EXCL`` and mode ``0o666`` like ``open``
     would, so the result gets the user's umask permissions; ``tempfile.mkstemp`` would make
-    every exported model and report private (``0o600``).
+    every exported model and report private (``0o600``). That mode is also put back before the
+    rename, because a writer may replace the temporary file with one of its own: safetensors'
+    ``save_file`` writes a ``0o600`` temporary file of its own and renames it onto the name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path)
     temp = temp_path(path, os.getpid())
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(temp.stat().st_mode)
     try:
         yield temp
+        if stat.S_IMODE(temp.stat().st_mode) != mode:
+            temp.chmod(mode)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

@@ -56,6 +56,18 @@ def test_result_has_the_permissions_of_a_plainly_written_file(tmp_path: Path) ->
     assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
 
 
+def test_a_writer_that_replaces_the_temporary_still_gives_umask_permissions(
+    tmp_path: Path,
+) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x", encoding="utf-8")
+    with atomic_path(tmp_path / "atomic.txt") as temp:
+        private = tmp_path / "private"
+        os.close(os.open(private, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.replace(private, temp)
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
+
+
 def test_json_is_indented_utf8_with_a_final_newline(tmp_path: Path) -> None:
     path = write_json_atomically(tmp_path / "r.json", {"label": "naïve"})
     text = path.read_text(encoding="utf-8")

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 from conftest import fit_checkpoint
 from transformers import GPT2LMHeadModel
 
-from llmprep.export import load_classifier, main
+from llmprep.export import export_classifier, load_classifier, main
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import build_model
 from llmprep.tasks.base import GPTTask
@@ -16,6 +18,7 @@ from llmprep.tasks.pretrain import PretrainTask
 
 TINY = GPTConfig(vocab_size=101, context_length=32, emb_dim=32, n_layers=2, n_heads=2)
 LABELS = ["ham", "spam"]
+FILES = ("config.json", "model.safetensors")
 
 
 def run_config(lora: dict | None = None, init_from: str | None = None) -> dict:
@@ -104,6 +107,26 @@ def test_lora_classifier_exports_with_its_head_and_labels(base_ckpt: Path, folde
     with torch.no_grad():
         expected = task.model.eval()(idx)
         torch.testing.assert_close(exported(idx), expected, atol=1e-5, rtol=0)
+
+
+def test_exported_files_get_the_umask_permissions_of_a_plainly_written_file(
+    base_ckpt: Path, tmp_path: Path
+):
+    classifier = GPT(TINY)
+    classifier.out_head = torch.nn.Linear(TINY.emb_dim, 2)
+    previous = os.umask(0o022)
+    try:
+        assert main([f"ckpt_path={base_ckpt}", f"out_dir={tmp_path / 'hf'}"]) == 0
+        export_classifier(classifier, tmp_path / "cls", LABELS)
+    finally:
+        os.umask(previous)
+    modes = {
+        str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+    }
+    assert set(modes) == {f"{kind}/{name}" for kind in ("hf", "cls") for name in FILES}
+    assert set(modes.values()) == {0o644}
 
 
 def test_bad_command_lines_say_what_is_wrong(
