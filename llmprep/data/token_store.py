@@ -79,9 +79,9 @@ def build_token_store(
 
     Documents are joined by the tokenizer's end-of-text id (between documents, not after the
     last); blank documents are skipped (``is_blank``); a literal ``<|endoftext|>`` inside a file
-    is ordinary text. An existing store is
-    reused while every source keeps its size and mtime, or, when only the mtime moved, its
-    sha256; otherwise it is rebuilt. ``chunk_chars`` is the read size in characters.
+    is ordinary text. An existing store is reused while every source keeps its size and mtime,
+    or, when only the mtime moved, its sha256; otherwise it is rebuilt. ``chunk_chars`` is the
+    read size in characters.
 
     Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
     and the ``.json`` last, so an interrupted build never leaves a store that looks complete.
