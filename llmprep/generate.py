@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from llmprep.model.gpt import KVCache
+from llmprep.model.modes import evaluating
 
 
 def _context_length(model: nn.Module) -> int:
@@ -114,29 +115,24 @@ def generate(
     early once every row has stopped. ``model`` is any module with ``config.context_length`` whose
     ``forward(idx, kv_cache=...)`` returns logits [B, T, vocab], e.g. ``GPT`` or a peft wrapper
     around it; ``use_cache=False`` calls plain ``forward(idx)``. The model runs in eval mode
-    without gradients, and its training mode is restored afterwards.
+    without gradients, and its modes are restored afterwards (``evaluating``).
     """
     _check_arguments(idx, max_new_tokens, temperature, top_k, top_p)
     context_length = _context_length(model)
     pad = eos_id if pad_id is None else pad_id
     cache = KVCache() if use_cache else None
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                step_input = _next_input(idx, cache, context_length)
-                logits = model(step_input) if cache is None else model(step_input, kv_cache=cache)
-                next_id = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
-                if eos_id is not None:
-                    next_id = torch.where(done, torch.full_like(next_id, pad), next_id)
-                    done |= next_id == eos_id
-                idx = torch.cat([idx, next_id[:, None].to(idx.dtype)], dim=1)
-                if done.all():
-                    break
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for _ in range(max_new_tokens):
+            step_input = _next_input(idx, cache, context_length)
+            logits = model(step_input) if cache is None else model(step_input, kv_cache=cache)
+            next_id = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                next_id = torch.where(done, torch.full_like(next_id, pad), next_id)
+                done |= next_id == eos_id
+            idx = torch.cat([idx, next_id[:, None].to(idx.dtype)], dim=1)
+            if done.all():
+                break
     return idx
 
 

@@ -27,6 +27,7 @@ def make_task(
     trainable: str = "last_block",
     n_blocks: int = 1,
     labels: tuple[str, ...] = ("ham", "spam"),
+    dropout: float = 0.0,
 ) -> ClassifyTask:
     """A 3-block, 16-wide classifier with random weights, in eval mode."""
     torch.manual_seed(0)
@@ -36,7 +37,9 @@ def make_task(
         "optim": {"lr": 1e-2, "weight_decay": 0.1, "decay_all": True},
         "lora": {"rank": 0, "alpha": 16, "dropout": 0.0},
     }
-    model_config = asdict(GPTConfig(context_length=32, emb_dim=16, n_layers=3, n_heads=2))
+    model_config = asdict(
+        GPTConfig(context_length=32, emb_dim=16, n_layers=3, n_heads=2, dropout=dropout)
+    )
     return ClassifyTask(config, model_config, list(labels)).eval()
 
 
@@ -140,6 +143,14 @@ def test_checkpoint_restores_the_head_and_labels(tmp_path: Path) -> None:
     assert prediction.label in {"neg", "neu", "pos"}
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
     assert prediction.probability == max(prediction.probabilities.values())
+
+
+def test_classify_runs_without_dropout_and_keeps_the_training_mode() -> None:
+    task = make_task(dropout=0.5).train()
+    texts = ["WIN a free prize, call now", "see you at lunch"]
+    first, second = task.classify(texts), task.classify(texts)
+    assert [p.probabilities for p in first] == [p.probabilities for p in second]
+    assert task.training and all(module.training for module in task.modules())
 
 
 def write_dataset(path: Path, rows: int = 40) -> Path:

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from llmprep.data.hub import hub_text_file
+from llmprep.data.token_store import build_token_store
+from llmprep.tokenizer import get_tokenizer
 
 
 def test_local_dataset_folder_becomes_jsonl_documents(tmp_path, monkeypatch):
@@ -30,3 +32,18 @@ def test_unknown_text_field_names_the_columns(tmp_path, monkeypatch):
     (folder / "train.csv").write_text("body\nhello\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"hf_text_field='text'.*\['body'\]"):
         hub_text_file(str(folder), None, "train", "text")
+
+
+def test_empty_rows_keep_their_line_and_add_no_document(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPREP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "stories"
+    folder.mkdir()
+    (folder / "train.csv").write_text(
+        'text,n\n"Once upon a time",1\n,2\n"",3\n"  ",4\n"The end",5\n', encoding="utf-8"
+    )
+    path = hub_text_file(str(folder), None, "train", "text")
+    lines = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert lines == ["Once upon a time", "", "", "  ", "The end"]
+    tok = get_tokenizer()
+    expected = [*tok.encode("Once upon a time"), tok.eot_id, *tok.encode("The end")]
+    assert build_token_store([path]).tokens.tolist() == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from llmprep.data.instruct import (
     BucketBatchSampler,
     InstructDataModule,
     collate_instruct,
+    has_target,
     read_records,
     split_records,
 )
@@ -122,6 +124,57 @@ def test_examples_are_cut_to_the_model_context(tmp_path: Path) -> None:
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == batch["targets"].shape == (4, 6)
+
+
+def test_has_target_says_whether_collate_leaves_a_target() -> None:
+    for length, prompt, limit, mask in itertools.product(range(5), range(5), range(1, 6), [0, 1]):
+        if prompt > length:
+            continue
+        targets = collate_instruct(
+            [list(range(1, length + 1))], [prompt], max_length=limit, mask_prompt=bool(mask)
+        )["targets"]
+        assert has_target(length, prompt, limit, bool(mask)) == bool((targets != X).any())
+
+
+def long_prompt_records(n: int) -> list[dict[str, str]]:
+    """``records(n)`` where every even record's input is far longer than 64 tokens."""
+    return [
+        {**r, "input": "many words " * 60} if i % 2 == 0 else r for i, r in enumerate(records(n))
+    ]
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_training_examples_without_a_target_token_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bucket: bool
+) -> None:
+    path = write_json(tmp_path / "d.json", long_prompt_records(20))
+    dm = InstructDataModule(
+        path=str(path),
+        mask_prompt=True,
+        max_length=64,
+        batch_size=1,
+        bucket=bucket,
+        split=(0.5, 0.25),
+    )
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert len(dm.train_records) == 10 and len(dm.datasets["train"]) == 5
+    assert "5 of 10 training examples have no target token" in caplog.text
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 5
+    assert all((batch["targets"] != X).any(dim=1).all() for batch in batches)
+
+
+def test_a_training_split_left_without_targets_names_the_file_and_settings(
+    tmp_path: Path,
+) -> None:
+    path = write_json(tmp_path / "d.json", long_prompt_records(20)[::2])
+    dm = InstructDataModule(path=str(path), mask_prompt=True, max_length=64, split=(0.5, 0.25))
+    with pytest.raises(DataError, match=r"d\.json.*all 5 training examples.*max_length=64"):
+        dm.setup()
+    kept = InstructDataModule(path=str(path), mask_prompt=False, max_length=64, split=(0.5, 0.25))
+    kept.setup()
+    assert len(kept.datasets["train"]) == 5
 
 
 def test_split_uses_the_books_integer_arithmetic() -> None:

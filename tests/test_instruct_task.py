@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,9 +14,11 @@ import pytest
 import torch
 from conftest import run_cli
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 from torch import nn
 
+from llmprep.data.instruct import InstructDataModule
 from llmprep.model import GPT, GPTConfig
 from llmprep.tasks.instruct import InstructTask, check_bucket
 from llmprep.tokenizer import get_tokenizer
@@ -172,6 +175,44 @@ def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path) -> No
     task.after_fit(trainer, SimpleNamespace(test_records=instruction_records(5)))
     assert tested == [None]  # no checkpoint kept: the final weights are tested
     assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 1
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_prompts_that_fill_the_context_never_make_the_logged_training_loss_nan(
+    tmp_path: Path, bucket: bool
+) -> None:
+    records = [
+        {**r, "input": "many words " * 60} if i % 2 == 0 else r
+        for i, r in enumerate(instruction_records(16))
+    ]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    datamodule = InstructDataModule(
+        path=str(data),
+        mask_prompt=True,
+        max_length=48,
+        context_length=TINY.context_length,
+        batch_size=1,
+        bucket=bucket,
+    )
+    task = tiny_task(bucket=bucket)
+    task.config["optim"] = {"lr": 1e-3, "weight_decay": 0.0}
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv", encoding="utf-8") as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert len(losses) == 6  # of 13 training records, the 6 short ones train
+    assert all(math.isfinite(loss) for loss in losses)
 
 
 def test_bucketing_is_refused_with_several_processes() -> None:

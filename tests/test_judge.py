@@ -109,9 +109,28 @@ def test_api_is_read_off_the_url_or_must_be_named() -> None:
 
 @pytest.mark.parametrize(
     ("reply", "score"),
-    [("85", 85), (" 90.", 90), ("Score: 42/100", 42), ("-3", -3), ("7.5", None), ("none", None)],
+    [
+        ("85", 85),
+        (" 72.\n", 72),
+        (" 90.", 90),
+        ("**85**", 85),
+        ("Score: 100", 100),
+        ("**Score:** 85", 85),
+        ("Score: 42/100", 42),
+        ("score = 64 out of 100.", 64),
+        ("-3", -3),
+        ("120", 120),
+        ("On a scale of 0 to 100, I would score this 85.", None),
+        ("Score (0-100): 72", None),
+        ("4 out of 5", None),
+        ("85\nThe response names the right colour.", None),
+        ("8 5", None),
+        ("7.5", None),
+        ("none", None),
+        ("", None),
+    ],
 )
-def test_parse_score_reads_the_first_integer(reply: str, score: int | None) -> None:
+def test_parse_score_accepts_only_an_unambiguous_integer(reply: str, score: int | None) -> None:
     assert parse_score(reply) == score
 
 

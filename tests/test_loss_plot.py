@@ -1,8 +1,13 @@
-"""The loss plot is a real PNG and its history survives a resume."""
+"""The loss plot is a real PNG of the losses the task computed; its history survives a resume."""
 
 from __future__ import annotations
 
+import lightning as L
 import matplotlib.image as mpimg
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from llmprep.training.loss_plot import LossPlot, plot_losses
 
@@ -22,3 +27,42 @@ def test_history_round_trips_through_state_dict(tmp_path):
     again = LossPlot(tmp_path / "loss.png")
     again.load_state_dict(plot.state_dict())
     assert again.train == plot.train and again.val == plot.val
+
+
+class Regression(L.LightningModule):
+    """A tiny model that keeps every training loss it computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.computed: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        loss = F.mse_loss(self.layer(inputs), targets)
+        self.computed.append(loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_training_losses_are_the_task_losses_under_gradient_accumulation(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(12, 4, generator=generator)
+    data = TensorDataset(inputs, 10 * inputs.sum(dim=1, keepdim=True))
+    plot, task = LossPlot(tmp_path / "loss.png"), Regression()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accumulate_grad_batches=3,
+        accelerator="cpu",
+        callbacks=[plot],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, DataLoader(data, batch_size=2))
+    assert len(task.computed) == 6
+    assert [loss for _, _, loss in plot.train] == pytest.approx(task.computed, rel=1e-6)

@@ -84,3 +84,13 @@ def test_character_split_refuses_json_lines(tmp_path):
     corpus.write_text('{"text": "hello there"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"split_by=characters .* JSON Lines"):
         _setup(paths=[str(corpus)], context_length=4, split_by="characters")
+
+
+def test_character_split_skips_empty_documents(tmp_path):
+    files = [tmp_path / name for name in ("a.txt", "empty.txt", "blank.txt", "b.txt")]
+    for file, text in zip(files, ["one two three four", "", " \n", "five six"], strict=True):
+        file.write_text(text, encoding="utf-8")
+    dm = PretrainDataModule(context_length=4, split_by="characters", train_fraction=0.5)
+    train, val = dm._split_characters(files)
+    plain_train, plain_val = dm._split_characters([files[0], files[3]])
+    assert (train.tolist(), val.tolist()) == (plain_train.tolist(), plain_val.tolist())

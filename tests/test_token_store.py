@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from llmprep.atomic import temp_path
 from llmprep.data.token_store import TokenStore, build_token_store, split_tokens
 from llmprep.tokenizer import get_tokenizer
 
@@ -29,6 +34,10 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _jsonl(path: Path, texts: list[str]) -> Path:
+    return _write(path, "".join(json.dumps({"text": text}) + "\n" for text in texts))
 
 
 def _identity(store: TokenStore) -> tuple[int, int]:
@@ -153,3 +162,45 @@ def test_jsonl_line_without_text_names_file_and_line(tmp_path, cache):
     corpus.write_text('{"text": "ok"}\n{"body": "no"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2"):
         build_token_store([corpus])
+
+
+def test_empty_and_blank_documents_add_no_end_of_text(tmp_path, cache):
+    eot = get_tokenizer().eot_id
+    with_empty = _jsonl(tmp_path / "with_empty.jsonl", ["", "General", " \n\t", "Kenobi", ""])
+    without = _jsonl(tmp_path / "without.jsonl", ["General", "Kenobi"])
+    files = [
+        _write(tmp_path / "empty.txt", ""),
+        _write(tmp_path / "a.txt", "Hello there"),
+        _write(tmp_path / "blank.txt", "\n\n  \n"),
+        with_empty,
+        _write(tmp_path / "b.txt", "end"),
+    ]
+    tokens = build_token_store(files, chunk_chars=2).tokens.tolist()
+    assert not any(a == b == eot for a, b in itertools.pairwise(tokens))
+    assert tokens[0] != eot and tokens[-1] != eot
+    plain = [tmp_path / "a.txt", without, tmp_path / "b.txt"]
+    assert tokens == build_token_store(plain).tokens.tolist()
+
+
+def test_a_killed_builds_temporary_files_are_swept_and_a_live_builders_kept(tmp_path, cache):
+    source = _write(tmp_path / "a.txt", "some text")
+    first = build_token_store([source])
+    json_path = first.bin_path.with_suffix(".json")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [temp_path(first.bin_path, dead.pid), temp_path(json_path, dead.pid)]
+        busy = temp_path(first.bin_path, live.pid)
+        for temp in [*stale, busy]:
+            temp.write_bytes(b"half written")
+        first.bin_path.unlink()  # the killed build was the first: no store yet
+        json_path.unlink()
+        again = build_token_store([source])
+        assert again.tokens.tolist() == get_tokenizer().encode("some text")
+        assert sorted(p.name for p in (cache / "tokens").iterdir()) == sorted(
+            [busy.name, first.bin_path.name, json_path.name]
+        )
+    finally:
+        live.kill()
+        live.wait()

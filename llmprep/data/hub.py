@@ -15,6 +15,8 @@ def hub_text_file(dataset: str, config: str | None, split: str, text_field: str)
 
     Fetched once with ``datasets.load_dataset`` (which needs a network, or the datasets cache),
     then reused; each record stays its own document, separated by ``<|endoftext|>`` in the store.
+    Line ``n`` is record ``n - 1``, so an error about a line points at its record: an empty row
+    (a missing value reads as ``None``) is written as ``""``, and the token store skips it.
     """
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (dataset, config, split) if p))
     target = cache_dir() / "hub" / f"{name}.{text_field}.jsonl"
@@ -37,5 +39,5 @@ def hub_text_file(dataset: str, config: str | None, split: str, text_field: str)
         )
     with atomic_path(target) as temp, open(temp, "w", encoding="utf-8") as out:
         for text in records[text_field]:
-            out.write(json.dumps({"text": text}) + "\n")
+            out.write(json.dumps({"text": "" if text is None else text}) + "\n")
     return target

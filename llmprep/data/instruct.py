@@ -284,6 +284,18 @@ def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[
     return [(p + r, len(p)) for p, r in zip(prompt_ids, response_ids, strict=True)]
 
 
+def has_target(length: int, prompt_length: int, limit: int, mask_prompt: bool) -> bool:
+    """Whether ``collate_instruct`` leaves an example of ``length`` tokens, ``prompt_length`` of
+    them prompt, at least one target the loss reads once cut to ``limit`` columns.
+
+    The example's targets are its own positions ``0 .. length - 1`` (the last predicts the end
+    token); ``mask_prompt`` ignores the first ``prompt_length - 1``, and the cut drops every
+    position from ``limit`` on.
+    """
+    first = max(prompt_length - 1, 0) if mask_prompt else 0
+    return first < min(length, limit)
+
+
 def collate_instruct(
     batch: Sequence[Sequence[int]],
     prompt_lengths: Sequence[int] | None = None,
@@ -415,7 +427,9 @@ class InstructDataModule(L.LightningDataModule):
 
     ``prompt_style`` names a style in ``llmprep.data.prompts``. Examples are cut to
     ``min(max_length, context_length)`` tokens at batching time (the book's 1024).
-    ``mask_prompt`` leaves only the response (and its end token) in the loss.
+    ``mask_prompt`` leaves only the response (and its end token) in the loss; a training example
+    whose prompt fills all those tokens then has nothing to learn and is dropped, with a warning
+    that counts them (see ``_trainable``).
 
     Training batches are shuffled with ``seed``; the last partial batch is dropped as in the
     book, unless it would be the only one. ``bucket`` groups training examples of similar
@@ -472,13 +486,17 @@ class InstructDataModule(L.LightningDataModule):
             resolve(self.path)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read, split and encode the records, and save the splits (first call only)."""
+        """Read, split and encode the records, and save the splits (first call only).
+
+        Training examples left without a target token (see ``_trainable``) are dropped here.
+        """
         if self.records:
             return
-        records = self._read_splits()
+        records, train_source = self._read_splits()
         for split in SPLITS:
             self.datasets[split] = EncodedInstructions(encode_records(records[split], self.style))
         self._report_lengths()
+        self.datasets["train"] = self._trainable(self.datasets["train"], train_source)
         if self.output_dir is not None:
             for split in SPLITS:
                 write_records(records[split], Path(self.output_dir) / f"{split}.json")
@@ -487,18 +505,21 @@ class InstructDataModule(L.LightningDataModule):
     def _is_folder(self) -> bool:
         return self.path not in SOURCES and Path(self.path).expanduser().is_dir()
 
-    def _read_splits(self) -> dict[str, list[Record]]:
+    def _read_splits(self) -> tuple[dict[str, list[Record]], str | Path]:
+        """The records of each split, and where the training split was read from."""
         if self.path.startswith(HUB_PREFIX):
             records = read_hub_records(self.path.removeprefix(HUB_PREFIX), self.fields)
-            return split_records(records, self.split, self.path)
+            return split_records(records, self.split, self.path), self.path
         if self._is_folder():
             files = find_split_files(Path(self.path).expanduser())
-            return {s: read_records(files[s], self.format, self.fields) for s in SPLITS}
+            splits = {s: read_records(files[s], self.format, self.fields) for s in SPLITS}
+            return splits, files["train"]
         source = resolve(self.path)
-        return split_records(read_records(source, self.format, self.fields), self.split, source)
+        records = read_records(source, self.format, self.fields)
+        return split_records(records, self.split, source), source
 
     def _report_lengths(self) -> None:
-        """Log how many training examples the truncation cuts, and warn about lost targets."""
+        """Log how many training examples the truncation cuts."""
         examples = self.datasets["train"].examples
         cut = sum(len(ids) > self.limit for ids, _ in examples)
         if cut:
@@ -508,16 +529,49 @@ class InstructDataModule(L.LightningDataModule):
                 len(examples),
                 self.limit,
             )
-        if self.mask_prompt:
-            lost = sum(prompt > self.limit for _, prompt in examples)
-            if lost:
-                log.warning(
-                    "%d of %d training prompts fill all %d tokens: with mask_prompt they add "
-                    "nothing to the loss (raise data.max_length or the model's context)",
-                    lost,
-                    len(examples),
-                    self.limit,
-                )
+
+    def _trainable(self, dataset: EncodedInstructions, source: str | Path) -> EncodedInstructions:
+        """The training examples that keep a target token (``has_target``); the others are
+        counted in a warning, and a split left empty is a ``DataError`` naming ``source``.
+
+        With ``mask_prompt`` a prompt that fills all ``limit`` tokens leaves nothing to learn,
+        and a batch of only such examples has a NaN loss (0 / 0 tokens) that AdamW would still
+        step on. Decision: they are dropped once here, so every process and every accumulated
+        step sees the same batches, rather than skipped in ``training_step``, which DDP and
+        gradient accumulation do not allow. Only training is filtered: ``train_records`` and
+        the saved ``train.json`` keep the split as read, and validation and test keep every
+        record (their losses already skip batches without targets, and their records are
+        answered).
+        """
+        kept = [
+            (ids, prompt)
+            for ids, prompt in dataset.examples
+            if has_target(len(ids), prompt, self.limit, self.mask_prompt)
+        ]
+        dropped = len(dataset) - len(kept)
+        settings = (
+            f"data.max_length={self.hparams.max_length}, context_length="
+            f"{self.hparams.context_length}, data.mask_prompt={self.mask_prompt}"
+        )
+        if dropped and not kept:
+            raise DataError(
+                source,
+                None,
+                None,
+                f"all {dropped} training examples have no target token: their prompts fill "
+                f"all {self.limit} tokens ({settings}); raise data.max_length or the model's "
+                "context, or set data.mask_prompt=false",
+            )
+        if dropped:
+            log.warning(
+                "%d of %d training examples have no target token and are dropped: their "
+                "prompts fill all %d tokens (%s)",
+                dropped,
+                len(dataset),
+                self.limit,
+                settings,
+            )
+        return EncodedInstructions(kept)
 
     def _ready(self) -> None:
         if not self.records:

@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from llmprep.data.sources import resolve_many
-from llmprep.data.token_store import build_token_store, split_tokens
+from llmprep.data.token_store import build_token_store, is_blank, split_tokens
 from llmprep.data.windows import TokenWindows
 from llmprep.tokenizer import get_tokenizer
 
@@ -94,14 +94,15 @@ class PretrainDataModule(L.LightningDataModule):
     def _split_characters(self, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         """The first ``train_fraction`` of the characters of all documents, and the rest, each
         tokenized like the token store does (text as ordinary text, one end-of-text id between
-        documents), so both splits agree on what a literal ``<|endoftext|>`` in a file means."""
+        documents, blank documents skipped), so both splits agree on what a literal
+        ``<|endoftext|>`` in a file means and the fraction is one of the real text."""
         for file in files:
             if file.suffix == ".jsonl":
                 raise ValueError(
                     f"data.split_by=characters splits plain text files, but {file} is JSON Lines "
                     "(as hub datasets are stored): use data.split_by=tokens"
                 )
-        documents = [f.read_text(encoding="utf-8") for f in files]
+        documents = [text for f in files if not is_blank(text := f.read_text(encoding="utf-8"))]
         cut = int(self.train_fraction * sum(len(d) for d in documents))
         train, val, seen = [], [], 0
         for doc in documents:

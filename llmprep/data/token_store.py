@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,9 @@ from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.data.sources import cache_dir, file_sha256
 from llmprep.tokenizer import get_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Bumped whenever the same sources would give other tokens, so stores built before are rebuilt
+(2: blank documents no longer add an end-of-text id)."""
 DTYPE = "uint16"
 CHUNK_CHARS = 1 << 20
 NUM_THREADS = 2
@@ -76,14 +78,17 @@ def build_token_store(
     built only when needed.
 
     Documents are joined by the tokenizer's end-of-text id (between documents, not after the
-    last); a literal ``<|endoftext|>`` inside a file is ordinary text. An existing store is
-    reused while every source keeps its size and mtime, or, when only the mtime moved, its
-    sha256; otherwise it is rebuilt. ``chunk_chars`` is the read size in characters.
+    last); blank documents are skipped (``is_blank``); a literal ``<|endoftext|>`` inside a file
+    is ordinary text. An existing store is reused while every source keeps its size and mtime,
+    or, when only the mtime moved, its sha256; otherwise it is rebuilt. ``chunk_chars`` is the
+    read size in characters.
 
     Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
     and the ``.json`` last, so an interrupted build never leaves a store that looks complete.
     Concurrent builders of the same store each write their own temporary files; the last
-    rename wins and both results are identical.
+    rename wins and both results are identical. The temporary files of a build that was killed
+    are removed by the next build of the store, never those of a builder still running
+    (``llmprep.atomic.sweep_stale_temps``).
     """
     if not paths:
         raise ValueError("build_token_store needs at least one source file")
@@ -202,15 +207,46 @@ def _build(
     return TokenStore(bin_path, meta)
 
 
+def is_blank(text: str) -> bool:
+    """True for a document that holds nothing but whitespace (Python's ``str.isspace``), or
+    nothing at all.
+
+    Decision: such a document is skipped, not stored. Empty rows are common in hub datasets
+    (wikitext's blank lines, missing CSV fields) and empty files slip into globs; storing them
+    would put two ``<|endoftext|>`` in a row (or whitespace alone between two) and teach the
+    model that an empty document is likely. Whitespace inside a real document is kept as is.
+    """
+    return not text or text.isspace()
+
+
 def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
-    """The text chunks of every document, with ``None`` marking each boundary between documents."""
+    """The text chunks of every non-blank document (``is_blank``), with ``None`` marking each
+    boundary between two of them."""
     first = True
     for file in files:
         for document in _documents(file, chunk_chars):
+            chunks = _unless_blank(document)
+            if chunks is None:
+                continue
             if not first:
                 yield None
             first = False
-            yield from document
+            yield from chunks
+
+
+def _unless_blank(chunks: Iterable[str]) -> Iterator[str] | None:
+    """The chunks of a document again, or ``None`` when together they are blank.
+
+    Reads ahead only up to the first chunk with a non-whitespace character, so a document is
+    still streamed.
+    """
+    iterator = iter(chunks)
+    head: list[str] = []
+    for chunk in iterator:
+        head.append(chunk)
+        if not is_blank(chunk):
+            return chain(head, iterator)
+    return None
 
 
 def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
@@ -236,7 +272,7 @@ def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
                 raise ValueError(
                     f"{file}, line {number}: `text` is {type(text).__name__}, not a string"
                 )
-            yield [text] if text else []
+            yield [text]
 
 
 def _text_chunks(file: Path, chunk_chars: int) -> Iterator[str]:

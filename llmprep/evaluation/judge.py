@@ -5,10 +5,13 @@ The judge is any chat endpoint reachable over HTTP: Ollama's ``/api/chat`` (the 
 server, LM Studio, OpenAI itself). Requests use only the standard library. Sampling is pinned
 (temperature 0, a fixed seed) so a re-run scores alike as far as the server allows.
 
-Each reply is read for its first number: an integer in 0..100 is the score; a reply without a
-number, with a non-integer first number, or with one outside the range is counted, kept in the
-results for inspection, and left out of the average instead of guessed at. An empty model
-response scores 0 without asking, as in the book.
+A reply is a score only when it cannot mean anything else (see ``parse_score``): the book asks
+for the integer alone and accepts only that, and we also accept the same integer labelled
+``Score:``, on the prompt's ``/100`` scale, or wrapped in Markdown emphasis, quotes or a final
+full stop. A reply with any other number in it ("On a scale of 0 to 100 ... 85", "4 out of 5"),
+a non-integer, or an explanation is unparsable; a score outside 0..100 is out of range. Both
+are counted, kept in the results for inspection, and left out of the average instead of guessed
+at. An empty model response scores 0 without asking, as in the book.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from llmprep.errors import UserError
 APIS = ("auto", "ollama", "openai")
 MAX_SCORE = 100
 BIN_WIDTH = 10
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_WRAPPING = "\\s*_`\"'"
+"""What may surround a score and its label: whitespace, Markdown emphasis and code, quotes."""
+_SCORE_REPLY = re.compile(
+    rf"""[{_WRAPPING}]*
+    (?:score\s*(?:[:=]|is)?[{_WRAPPING}]*)?
+    (?P<score>-?[0-9]+)
+    (?:\s*(?:/|out\s+of)\s*{MAX_SCORE})?
+    [{_WRAPPING}.!]*""",
+    re.IGNORECASE | re.VERBOSE,
+)
 _SNIPPET = 200
 
 
@@ -58,15 +70,22 @@ def judge_prompt(record: Mapping[str, str], response_key: str = "model_response"
 
 
 def parse_score(reply: str) -> int | None:
-    """The first number in ``reply`` when it is an integer, else ``None``.
+    """The score of a reply that is nothing but one integer, else ``None``.
+
+    Accepted: the integer alone (``"85"``, ``" 72.\\n"``), optionally labelled ``Score``,
+    ``Score:``, ``Score =`` or ``Score is`` (any case), optionally followed by the prompt's scale
+    (``/100``, ``out of 100``), with surrounding whitespace, Markdown emphasis (``*``, ``_``,
+    backticks) or quotes, and a final ``.`` or ``!``. Anything else is ``None``: another number
+    may be the score as well as this one ("On a scale of 0 to 100, I would score this 85.",
+    "Score (0-100): 72"), the judge may have used another scale ("4 out of 5"), and an
+    explanation may qualify the number. Decision: such replies are left unscored rather than
+    guessed at; the prompt asks for the integer only, so a well-behaved judge gives few.
 
     The range is not checked here, so a caller can tell an unreadable reply from a reply such
-    as ``120``.
+    as ``120`` or ``-3``.
     """
-    match = _NUMBER.search(reply)
-    if match is None or "." in match.group():
-        return None
-    return int(match.group())
+    match = _SCORE_REPLY.fullmatch(reply)
+    return None if match is None else int(match.group("score"))
 
 
 def histogram(scores: Sequence[int]) -> dict[str, int]:

@@ -43,6 +43,7 @@ from llmprep.data.classification import SPLITS, ClassificationDataModule, encode
 from llmprep.evaluation.report import print_table
 from llmprep.model import GPT
 from llmprep.model.init import build_model
+from llmprep.model.modes import evaluating
 from llmprep.tasks.base import GPTTask
 from llmprep.training.config import plain_config
 
@@ -309,17 +310,18 @@ class ClassifyTask(GPTTask):
                 ],
             )
 
-    @torch.no_grad()
     def classify(self, texts: Sequence[str], batch_size: int = 8) -> list[Prediction]:
         """The label of each text, prepared as the training texts were (same truncation and
-        padding, from the hyperparameters)."""
+        padding, from the hyperparameters). The task runs in eval mode (no dropout), so a text
+        always gets the same probabilities, and is left in the mode it was in."""
         context_length = self.hparams["model_config"]["context_length"]
         max_length = self.config["data"].get("max_length")
         predictions: list[Prediction] = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
             batch = encode_texts(chunk, context_length, self.hparams["pad_length"], max_length)
-            logits = self(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
+            with evaluating(self):
+                logits = self(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
             for text, probs in zip(chunk, logits.float().softmax(dim=-1).tolist(), strict=True):
                 best = max(range(len(probs)), key=probs.__getitem__)
                 predictions.append(

@@ -18,6 +18,13 @@ from llmprep.atomic import atomic_path
 class LossPlot(L.Callback):
     """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
 
+    The training curve holds the loss of each batch as the task computed it. Under automatic
+    optimization Lightning hands ``on_train_batch_end`` that loss divided by
+    ``accumulate_grad_batches`` (``ClosureResult.from_training_step_output`` scales it for the
+    accumulated backward pass), so it is multiplied back here; otherwise, with accumulation,
+    training would be plotted several times below validation, which is never scaled. Manual
+    optimization passes the loss as returned.
+
     The history is part of the checkpoint, so a resumed run plots its whole course.
     """
 
@@ -37,6 +44,8 @@ class LossPlot(L.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
+        if pl_module.automatic_optimization:
+            loss = loss * trainer.accumulate_grad_batches
         batches = trainer.num_training_batches
         per_epoch = batches if isinstance(batches, int) and batches > 0 else batch_idx + 1
         epoch = trainer.current_epoch + (batch_idx + 1) / per_epoch
