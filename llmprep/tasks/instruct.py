@@ -107,7 +107,7 @@ class InstructTask(GPTTask):
         return loss, int((targets != IGNORE_INDEX).sum())
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss_and_tokens(batch)
+        loss = lm_loss(self.model(batch["input_ids"]), batch["targets"])
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
