@@ -15,7 +15,6 @@ from omegaconf.errors import MissingMandatoryValue
 
 from llmprep.data.errors import DataError
 from llmprep.data.instruct import (
-    BucketBatchSampler,
     InstructDataModule,
     collate_instruct,
     has_target,
@@ -289,40 +288,13 @@ def test_bad_settings_fail_at_construction() -> None:
 # --- bucketing -------------------------------------------------------------------------------
 
 
-def test_bucketing_yields_every_index_once_in_similar_length_batches() -> None:
-    lengths = [(i * 37) % 101 for i in range(203)]
-    sampler = BucketBatchSampler(lengths, batch_size=8, seed=1, pool_batches=4)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(203))
-    assert len(batches) == len(sampler) == 26
-    assert sum(len(b) < 8 for b in batches) == 1
-    bucketed = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
-    in_order = [lengths[s : s + 8] for s in range(0, 203, 8)]
-    assert bucketed < 0.5 * sum(max(b) - min(b) for b in in_order)
-
-
-def test_bucketing_is_seeded_and_reshuffles_every_pass() -> None:
-    lengths = list(range(50))
-    assert list(BucketBatchSampler(lengths, 4, seed=7)) == list(
-        BucketBatchSampler(lengths, 4, seed=7)
-    )
-    sampler = BucketBatchSampler(lengths, 4, seed=7)
-    assert list(sampler) != list(sampler)
-
-
-def test_bucketing_drop_last_drops_only_the_partial_batch() -> None:
-    sampler = BucketBatchSampler(list(range(50)), 8, drop_last=True)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 6
-    assert all(len(b) == 8 for b in batches)
-
-
 def test_bucketed_training_loader_through_the_data_module(tmp_path: Path) -> None:
     path = write_json(tmp_path / "d.json", records(40))
     dm = InstructDataModule(path=str(path), bucket=True, batch_size=4, split=(0.5, 0.25))
     dm.setup()
     loader = dm.train_dataloader()
-    assert isinstance(loader.batch_sampler, BucketBatchSampler)
+    lengths = [len(ids) for ids, _ in dm.datasets["train"].examples]
+    assert loader.sampler.lengths == lengths
     assert sum(b["input_ids"].shape[0] for b in loader) == 20
 
 

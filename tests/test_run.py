@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, run_cli
+from crash import Crashed
 
 from llmprep.training.run import train
 
@@ -23,6 +25,14 @@ CSV = (*TINY, "logger=csv")
 
 def _ckpt(run: Path, name: str = "last") -> dict:
     return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)
+
+
+def _step_losses(run: Path) -> list[tuple[int, float]]:
+    """``(step, train/loss)`` of every logged training loss of a run, in order."""
+    with (run / "csv" / "metrics.csv").open(newline="") as f:
+        return [
+            (int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r["train/loss"]
+        ]
 
 
 def _losses(run: Path) -> list[float]:
@@ -167,3 +177,121 @@ def test_sweep_of_ddp_cpu_jobs_gives_one_folder_per_job(tmp_path):
         assert hparams["hardware"]["devices"] == 2
     assert _default_run_folders() == before  # no DDP process made a run folder of its own
     assert json.dumps(jobs)
+
+
+# --- periodic checkpoints and exact resuming ---------------------------------------------------
+
+# Dropout on, so resuming must restore the random generators too; one thread, so the killed
+# subprocess computes exactly as this process does.
+RESUMABLE = (
+    "model=gpt2-tiny",
+    "model.dropout=0.1",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "hardware.threads=1",
+    "test_after_fit=false",
+)
+
+
+def _assert_resumed_like_uninterrupted(full: Path, resumed: Path, saved_step: int) -> None:
+    """The resumed run logged the uninterrupted run's losses from ``saved_step`` on, and both
+    end in the same state: weights, step, tokens seen, learning rate and loss-plot history."""
+    uninterrupted = _step_losses(full)
+    continued = _step_losses(resumed)
+    expected = [(step, loss) for step, loss in uninterrupted if step >= saved_step]
+    assert [step for step, _ in continued] == [step for step, _ in expected]
+    assert [loss for _, loss in continued] == pytest.approx(
+        [loss for _, loss in expected], abs=1e-6
+    )
+    a, b = _ckpt(full), _ckpt(resumed)
+    assert (a["global_step"], a["tokens_seen"]) == (b["global_step"], b["tokens_seen"])
+    lr = [c["optimizer_states"][0]["param_groups"][0]["lr"] for c in (a, b)]
+    assert lr[0] == pytest.approx(lr[1], rel=1e-12)
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6)
+    history = [c["callbacks"]["LossPlot"]["train"] for c in (a, b)]
+    assert len(history[0]) == len(history[1]) == a["global_step"] * _accumulation(a)
+    for row_a, row_b in zip(*history, strict=True):
+        assert row_a[:2] == row_b[:2]
+        assert row_a[2] == pytest.approx(row_b[2], abs=1e-6)
+
+
+def _accumulation(ckpt: dict) -> int:
+    return ckpt["hyper_parameters"]["config"]["trainer"]["accumulate_grad_batches"]
+
+
+def test_run_killed_between_periodic_saves_resumes_with_the_same_losses(
+    compose_run, tmp_path, monkeypatch
+):
+    """Pretraining on The Verdict: 18 batches an epoch, saves every 10 steps, kill -9 at step
+    14, so the resumed run restarts mid-epoch at step 10 and crosses into the second epoch (a
+    new order, a validation) on its way to step 20."""
+    run = (*RESUMABLE, "trainer.max_steps=20", "callbacks.periodic.every_n_train_steps=10")
+    train(compose_run(*run, run_dir=tmp_path / "full"))
+    saved = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert saved == ["best.ckpt", "last.ckpt"]  # periodic saves overwrite last.ckpt, no pile-up
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))
+    killed = run_cli(
+        "train.py",
+        *run,
+        "+callbacks.crash._target_=crash.CrashAtStep",
+        "+callbacks.crash.step=14",
+        f"hydra.run.dir={tmp_path / 'killed'}",
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    last = _ckpt(tmp_path / "killed")
+    assert last["global_step"] == 10
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["last.ckpt"]
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    train(compose_run(*run, f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed"))
+    _assert_resumed_like_uninterrupted(tmp_path / "full", tmp_path / "resumed", saved_step=10)
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        # 4 optimizer steps an epoch (8 batches, 2 per step): saved at step 2, mid-epoch.
+        (
+            "stage=classify",
+            "trainer.limit_train_batches=8",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.max_steps=8",
+            "callbacks.periodic.every_n_train_steps=2",
+        ),
+        # Length-bucketed batches, 6 steps an epoch: saved at step 4, mid-epoch.
+        (
+            "stage=instruct",
+            "data.bucket=true",
+            "sample.count=0",
+            "trainer.limit_train_batches=6",
+            "trainer.max_steps=8",
+            "callbacks.periodic.every_n_train_steps=4",
+        ),
+    ],
+    ids=["classify", "instruct"],
+)
+def test_fine_tuning_stages_resume_mid_epoch_with_the_same_losses(compose_run, tmp_path, stage):
+    """Cut (by an exception) one step after a periodic save; the resumed run restarts
+    mid-epoch and crosses into the second epoch."""
+    run = (*RESUMABLE, *stage, "init_from=null", "trainer.limit_val_batches=2")
+    saved = int(stage[-1].split("=")[1])
+    train(compose_run(*run, run_dir=tmp_path / "full"))
+    crash = ("+callbacks.crash._target_=crash.CrashAtStep", f"+callbacks.crash.step={saved + 1}")
+    with pytest.raises(Crashed):
+        train(compose_run(*run, *crash, "+callbacks.crash.kill=false", run_dir=tmp_path / "cut"))
+    assert _ckpt(tmp_path / "cut")["global_step"] == saved
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    train(compose_run(*run, f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed"))
+    _assert_resumed_like_uninterrupted(tmp_path / "full", tmp_path / "resumed", saved_step=saved)
+
+
+def test_time_based_periodic_saves_keep_last_ckpt_current_before_any_validation(
+    compose_run, tmp_path
+):
+    every_batch = "callbacks.periodic.train_time_interval={_target_:datetime.timedelta,seconds:0}"
+    crash = ("+callbacks.crash._target_=crash.CrashAtStep", "+callbacks.crash.step=3")
+    cfg = compose_run(*TINY, "logger=none", every_batch, *crash, "+callbacks.crash.kill=false")
+    with pytest.raises(Crashed):
+        train(cfg)
+    assert _ckpt(tmp_path / "run")["global_step"] == 3
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.ckpt"]

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmprep.atomic import atomic_path
 from llmprep.data.errors import DataError
+from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
 from llmprep.data.sources import SOURCES, resolve
 from llmprep.tokenizer import get_tokenizer
 
@@ -408,7 +408,7 @@ class PadCollate:
         return batch
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(ResumableDataModule):
     """Train/validation/test batches of labelled texts for fine-tuning a GPT as a classifier.
 
     ``path``: a source name (``sms-spam``), a CSV/TSV/JSON-lines file, or a folder holding
@@ -579,20 +579,19 @@ class ClassificationDataModule(L.LightningDataModule):
         self._ready()
         return self._pad_length
 
-    def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
+        """Every example of ``split`` in a fixed order, none dropped."""
         self._ready()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
             num_workers=self.num_workers,
             collate_fn=PadCollate(self._pad_length),
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; the last partial batch is dropped as the book does."""
+    def train_dataloader(self) -> ResumableLoader:
+        """Training batches in an order drawn from ``seed + epoch``, resumable mid-epoch
+        (``EpochSampler``); the last partial batch is dropped as the book does."""
         self._ready()
         size = len(self.datasets["train"])
         if self.drop_last_train and size < self.batch_size:
@@ -603,19 +602,28 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"the training split has {size} examples, fewer than batch_size="
                 f"{self.batch_size}, so drop_last_train=true would leave no batch",
             )
-        return self._loader("train", shuffle=True, drop_last=self.drop_last_train)
+        sampler = EpochSampler(size, self.seed)
+        loader = ResumableLoader(
+            self.datasets["train"],
+            sampler,
+            self.batch_size,
+            self.drop_last_train,
+            collate_fn=PadCollate(self._pad_length),
+            num_workers=self.num_workers,
+        )
+        return self.resume_loader(loader)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""
-        return self._loader("validation", shuffle=False, drop_last=False)
+        return self._loader("validation")
 
     def test_dataloader(self) -> DataLoader:
         """Test batches in a fixed order."""
-        return self._loader("test", shuffle=False, drop_last=False)
+        return self._loader("test")
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Every example of ``split`` (one of ``SPLITS``) in a fixed order, none dropped: for
         scoring a split, the training split included."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        return self._loader(split, shuffle=False, drop_last=False)
+        return self._loader(split)

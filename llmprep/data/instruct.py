@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from llmprep.atomic import write_json_atomically
 from llmprep.data.classification import truncation_limit
 from llmprep.data.errors import DataError
 from llmprep.data.prompts import PromptStyle, get_style
+from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
 from llmprep.data.sources import SOURCES, resolve
 from llmprep.tokenizer import get_tokenizer
 
@@ -365,58 +364,7 @@ class EncodedInstructions(Dataset):
         return self.examples[index]
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar lengths, to spend less compute on padding.
-
-    Each pass shuffles all indices with ``seed + pass number``, cuts them into pools of
-    ``pool_batches`` batches, sorts each pool by length and slices it into batches, then
-    shuffles the order of all batches. Pools keep the batches random across the data while the
-    examples inside a batch have near-equal lengths. Only the final batch can be partial;
-    ``drop_last`` drops it. Meant for one process: under multi-device training use the plain
-    shuffled loader.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        seed: int = 123,
-        drop_last: bool = False,
-        pool_batches: int = 100,
-    ) -> None:
-        if batch_size < 1 or pool_batches < 1:
-            raise ValueError(
-                f"batch_size and pool_batches must be positive, got {batch_size}, {pool_batches}"
-            )
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.pool_batches = pool_batches
-        self.passes = 0
-
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.passes)
-        self.passes += 1
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        pool = self.batch_size * self.pool_batches
-        batches: list[list[int]] = []
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start : start + pool], key=self.lengths.__getitem__)
-            batches += [
-                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
-            ]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
-
-
-class InstructDataModule(L.LightningDataModule):
+class InstructDataModule(ResumableDataModule):
     """Train / validation / test batches of instruction records for supervised fine-tuning.
 
     ``path``: a source name (``instruction-data``, resolved by ``llmprep.data.sources``), a JSON
@@ -431,9 +379,10 @@ class InstructDataModule(L.LightningDataModule):
     whose prompt fills all those tokens then has nothing to learn and is dropped, with a warning
     that counts them (see ``_trainable``).
 
-    Training batches are shuffled with ``seed``; the last partial batch is dropped as in the
-    book, unless it would be the only one. ``bucket`` groups training examples of similar
-    length (``BucketBatchSampler``). Validation and test batches keep file order.
+    Training batches are shuffled with ``seed`` and the epoch, resumably (``EpochSampler``);
+    the last partial batch is dropped as in the book, unless it would be the only one.
+    ``bucket`` groups training examples of similar length (``EpochSampler``'s bucketed order).
+    Validation and test batches keep file order.
 
     ``context_length`` and ``output_dir`` come from the stage; with ``output_dir`` the splits are
     saved there as ``train.json``, ``val.json`` and ``test.json`` with the canonical field names
@@ -598,30 +547,22 @@ class InstructDataModule(L.LightningDataModule):
     def _collate(self) -> InstructCollate:
         return InstructCollate(max_length=self.limit, mask_prompt=self.mask_prompt)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled (or length-bucketed) training batches."""
+    def train_dataloader(self) -> ResumableLoader:
+        """Training batches in an order drawn from ``seed + epoch`` (length-bucketed with
+        ``bucket``), resumable mid-epoch (``EpochSampler``)."""
         self._ready()
         dataset = self.datasets["train"]
-        drop_last = len(dataset) > self.batch_size
-        if self.bucket:
-            sampler = BucketBatchSampler(
-                [len(ids) for ids, _ in dataset.examples], self.batch_size, self.seed, drop_last
-            )
-            return DataLoader(
-                dataset,
-                batch_sampler=sampler,
-                collate_fn=self._collate(),
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
+        lengths = [len(ids) for ids, _ in dataset.examples] if self.bucket else None
+        sampler = EpochSampler(len(dataset), self.seed, self.batch_size, lengths)
+        loader = ResumableLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=drop_last,
-            generator=torch.Generator().manual_seed(self.seed),
+            sampler,
+            self.batch_size,
+            drop_last=len(dataset) > self.batch_size,
             collate_fn=self._collate(),
             num_workers=self.num_workers,
         )
+        return self.resume_loader(loader)
 
     def _eval_loader(self, split: str) -> DataLoader:
         self._ready()

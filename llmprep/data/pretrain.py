@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
 from llmprep.data.sources import resolve_many
 from llmprep.data.token_store import build_token_store, is_blank, split_tokens
 from llmprep.data.windows import TokenWindows
@@ -18,7 +18,7 @@ from llmprep.tokenizer import get_tokenizer
 log = logging.getLogger(__name__)
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(ResumableDataModule):
     """Next-token windows over a corpus of text files, source names, globs or a hub dataset.
 
     ``split_by="tokens"`` (default) splits the token store's stream, which never loads the corpus
@@ -26,6 +26,10 @@ class PretrainDataModule(L.LightningDataModule):
     book's chapter 5 does; it reads the whole corpus into memory, so use it for small corpora.
     ``max_length`` defaults to the model's context and is capped by it (a corpus config can ask
     for shorter windows than large models allow); ``stride`` defaults to ``max_length``.
+
+    Training windows come in an order drawn from ``seed + epoch`` (``EpochSampler``), and the
+    loader's position is saved in checkpoints, so a resumed run sees the same windows in the same
+    order as an uninterrupted one; the last partial batch is dropped.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class PretrainDataModule(L.LightningDataModule):
         hf_config: str | None = None,
         hf_split: str = "train",
         hf_text_field: str = "text",
+        seed: int = 123,
     ) -> None:
         super().__init__()
         if split_by not in {"tokens", "characters"}:
@@ -59,6 +64,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.split_by = split_by
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.hf = (hf_dataset, hf_config, hf_split, hf_text_field) if hf_dataset else None
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
@@ -114,15 +120,13 @@ class PretrainDataModule(L.LightningDataModule):
             seen += len(doc)
         return _encode_documents(train), _encode_documents(val)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled training windows, resumable mid-epoch."""
+        sampler = EpochSampler(len(self.train_set), self.seed)
+        loader = ResumableLoader(
+            self.train_set, sampler, self.batch_size, drop_last=True, num_workers=self.num_workers
         )
+        return self.resume_loader(loader)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

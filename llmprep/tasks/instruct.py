@@ -32,10 +32,10 @@ Batch = Mapping[str, torch.Tensor]
 def check_bucket(bucket: bool, world_size: int) -> None:
     """Refuse length bucketing with more than one process.
 
-    ``BucketBatchSampler`` yields whole batches for one process; Lightning cannot split such a
-    sampler across ranks, so each rank would train on every batch. Bucketing saves padding,
-    which matters most on one device; with several, the plain shuffled loader is sharded
-    correctly, so the run is refused rather than silently duplicated.
+    The bucketed order (``EpochSampler`` with lengths) is cut into batches for one process;
+    split across ranks, each rank's batch would mix indices of several buckets and lose the
+    point. Bucketing saves padding, which matters most on one device; with several, the plain
+    shuffled order is sharded correctly, so the run is refused rather than silently unbucketed.
     """
     if bucket and world_size > 1:
         raise ValueError(

@@ -1,0 +1,189 @@
+"""Training data that resumes mid-epoch: an order drawn from ``seed + epoch``, a loader that
+knows its position in it, and a data module that saves that position in checkpoints.
+
+How Lightning 2.6 resumes a training epoch: the fit loop stores ``state_dict()`` of each training
+loader that has ``state_dict`` and ``load_state_dict`` (its ``_Stateful`` protocol) in the
+checkpoint (``loops.fit_loop.state_dict.combined_loader``) and restores its own batch counters,
+but never skips batches itself: a plain ``DataLoader`` would start the epoch over, in a new
+order. It calls ``set_epoch`` on the loader's sampler at every epoch start, and under DDP leaves
+a ``DistributedSampler`` in place and replaces any other sampler.
+
+It hands the saved state back (``load_state_dict``) only if the loader is built after the loops
+are restored, and ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` (as
+ours does, for the lr schedule) builds it before (Lightning issue #20550): the state would be
+dropped. So ``ResumableDataModule`` saves the loader's position in the data module's own
+checkpoint entry, which Lightning restores before it builds any loader, and gives it to the
+loader it builds. The loader stays ``_Stateful`` too, so Lightning knows it can resume mid-epoch
+(and would restore it the same way where its own path works).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+class EpochSampler(DistributedSampler):
+    """This process's share of a dataset's indices, in an order drawn from ``seed + epoch``.
+
+    The order is ``torch.randperm`` seeded with ``seed + epoch``: the same in every process and
+    in every run, whatever came before, so a resumed run draws the epoch it stopped in again.
+    With ``lengths`` the order is length-bucketed instead: the shuffled indices are cut into
+    pools of ``pool_batches`` batches of ``batch_size``, each pool sorted by length and sliced
+    into batches, and the full batches shuffled; a partial batch (at most one) comes last, so a
+    loader batching ``batch_size`` consecutive indices gets exactly these batches and
+    ``drop_last`` drops only the partial one.
+
+    With several processes (``num_replicas`` and ``rank`` default to the initialised process
+    group's, else one process) the order is padded by repeating it to a multiple of the process
+    count and process ``rank`` takes every ``num_replicas``-th index, as ``DistributedSampler``
+    does. ``start`` skips that many of this process's indices in the next pass only (set by
+    ``ResumableLoader``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        batch_size: int = 1,
+        lengths: Sequence[int] | None = None,
+        pool_batches: int = 100,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1 or pool_batches < 1:
+            raise ValueError(
+                f"batch_size and pool_batches must be positive, got {batch_size}, {pool_batches}"
+            )
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"{len(lengths)} lengths for a dataset of {size}")
+        if num_replicas is None or rank is None:
+            group = torch.distributed.is_available() and torch.distributed.is_initialized()
+            num_replicas = torch.distributed.get_world_size() if group else 1
+            rank = torch.distributed.get_rank() if group else 0
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, seed=seed)
+        self.batch_size = batch_size
+        self.lengths = list(lengths) if lengths is not None else None
+        self.pool_batches = pool_batches
+        self.start = 0
+
+    def order(self, epoch: int) -> list[int]:
+        """Every index of the dataset once, in epoch ``epoch``'s order (all processes)."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if self.lengths is None:
+            return order
+        size, pool = self.batch_size, self.batch_size * self.pool_batches
+        batches: list[list[int]] = []
+        for begin in range(0, len(order), pool):
+            chunk = sorted(order[begin : begin + pool], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        partial = [b for b in batches if len(b) < size]
+        full = [b for b in batches if len(b) == size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return [index for batch in shuffled + partial for index in batch]
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order(self.epoch)
+        if order:
+            order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
+        start, self.start = self.start, 0
+        return iter(order[self.rank : self.total_size : self.num_replicas][start:])
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """Training batches of an ``EpochSampler`` that Lightning saves and restores mid-epoch.
+
+    ``state_dict()`` is ``{"epoch", "batches"}``: the sampler's epoch and how many batches this
+    pass has handed out. After ``load_state_dict`` the next pass of that same epoch starts at the
+    saved batch; a pass of any other epoch (Lightning moves on when the saved epoch was over)
+    starts at its beginning. The state applies when the pass starts, that is at its first batch,
+    so it holds whatever ``set_epoch`` Lightning calls in between. Batches before the saved one
+    are full (only the last batch can be partial), so the position is ``batches * batch_size``
+    of the sampler's indices.
+
+    The loader's own generator is seeded with ``seed + epoch`` at each pass: workers get seeds
+    of their epoch, and making an iterator draws nothing from the global torch generator that
+    dropout uses. Workers are kept between epochs when there are any.
+    """
+
+    sampler: EpochSampler
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: EpochSampler,
+        batch_size: int,
+        drop_last: bool,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator(),
+        )
+        self.batches = 0
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.sampler.epoch
+        resume, self._resume = self._resume, None
+        self.batches = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        self.sampler.start = self.batches * self.batch_size
+        self.generator.manual_seed(self.sampler.seed + epoch)
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data: the epoch and the batches handed out in it."""
+        return {"epoch": self.sampler.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume epoch ``state_dict["epoch"]`` at batch ``state_dict["batches"]``."""
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        self.sampler.set_epoch(self._resume["epoch"])
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """A data module whose training loader continues, after a resume, where the saved run was.
+
+    Subclasses hand the training loader they build to :meth:`resume_loader`. The data module's
+    checkpoint entry holds that loader's position (``{"train_loader": {"epoch", "batches"}}``);
+    loaded back, it goes to the next loader built.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] | None = None
+
+    def resume_loader(self, loader: ResumableLoader) -> ResumableLoader:
+        """``loader``, set to the restored position when a checkpoint was loaded; from now on its
+        position is the one this data module's checkpoint entry holds."""
+        if self._train_position is not None:
+            loader.load_state_dict(self._train_position)
+            self._train_position = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, once there is a loader (Lightning saves it)."""
+        if self._train_loader is None:
+            return {}
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved position for the next training loader built."""
+        self._train_position = state_dict.get("train_loader")
