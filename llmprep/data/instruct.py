@@ -416,6 +416,7 @@ class InstructDataModule(ResumableDataModule):
         self.fields = field_names(fields)
         self.split = check_split(split)
         self.limit = truncation_limit(context_length, max_length)
+        self.max_length, self.context_length = max_length, context_length
         self.path = str(path)
         self.format = format
         self.mask_prompt = mask_prompt
@@ -499,8 +500,8 @@ class InstructDataModule(ResumableDataModule):
         ]
         dropped = len(dataset) - len(kept)
         settings = (
-            f"data.max_length={self.hparams.max_length}, context_length="
-            f"{self.hparams.context_length}, data.mask_prompt={self.mask_prompt}"
+            f"data.max_length={self.max_length}, context_length="
+            f"{self.context_length}, data.mask_prompt={self.mask_prompt}"
         )
         if dropped and not kept:
             raise DataError(
