@@ -27,12 +27,13 @@ def make_task(
     trainable: str = "last_block",
     n_blocks: int = 1,
     labels: tuple[str, ...] = ("ham", "spam"),
+    lowercase: bool = False,
 ) -> ClassifyTask:
     """A 3-block, 16-wide classifier with random weights, in eval mode."""
     torch.manual_seed(0)
     config = {
         "classify": {"pooling": pooling, "trainable": trainable, "n_blocks": n_blocks},
-        "data": {"max_length": None},
+        "data": {"max_length": None, "lowercase": lowercase},
         "optim": {"lr": 1e-2, "weight_decay": 0.1, "decay_all": True},
         "lora": {"rank": 0, "alpha": 16, "dropout": 0.0},
     }
@@ -140,6 +141,16 @@ def test_checkpoint_restores_the_head_and_labels(tmp_path: Path) -> None:
     assert prediction.label in {"neg", "neu", "pos"}
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
     assert prediction.probability == max(prediction.probabilities.values())
+
+
+def test_a_classifier_trained_on_lowered_texts_lowers_what_it_classifies() -> None:
+    def probabilities(task: ClassifyTask, text: str) -> dict[str, float]:
+        return task.classify([text])[0].probabilities
+
+    lowered, cased = make_task(lowercase=True), make_task()
+    shouted, quiet = "WIN A FREE PRIZE NOW", "win a free prize now"
+    assert probabilities(lowered, shouted) == probabilities(lowered, quiet)
+    assert probabilities(cased, shouted) != probabilities(cased, quiet)
 
 
 def write_dataset(path: Path, rows: int = 40) -> Path:
