@@ -240,6 +240,16 @@ def test_experiments_compose_to_their_documented_settings() -> None:
     assert (book.optim.lr, book.optim.weight_decay, book.optim.decay_all) == (5e-5, 0.1, True)
     assert (book.trainer.max_epochs, book.data.batch_size, book.data.path) == (5, 8, "sms-spam")
     assert scratch.init_from is None and scratch.classify.trainable == "all"
+    assert (scratch.model.name, scratch.classify.pooling, scratch.data.lowercase) == (
+        "gpt2-mini",
+        "mean",
+        True,
+    )
+    assert (scratch.optim.lr, scratch.optim.weight_decay, scratch.hardware.threads) == (
+        2e-3,
+        1.0,
+        1,
+    )
 
 
 def test_a_trained_classifier_head_is_kept_and_a_vocabulary_head_replaced() -> None:
