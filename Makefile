@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format bench clean
+.PHONY: help install run test test-slow lint format bench results clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,15 @@ format: $(STAMP) ## Fix style and formatting with ruff
 
 bench: $(STAMP) ## Run the benchmarks and print their tables
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The runs whose figures the README quotes, as it types them, each followed by its wall time.
+RESULTS := "experiment=spam_from_scratch" ""
+results: $(STAMP) ## Re-run the runs the README quotes (spam from scratch, the `make run` demo)
+	@for overrides in $(RESULTS); do \
+		echo "== python train.py $$overrides"; start=$$(date +%s); \
+		$(PY) train.py $$overrides || exit 1; \
+		echo "== python train.py $$overrides: $$(($$(date +%s) - start)) s"; \
+	done
 
 clean: ## Remove caches, run outputs and the virtual environment
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun wandb lightning_logs *.egg-info

@@ -139,6 +139,27 @@ def test_encode_texts_follows_the_training_rules() -> None:
         encode_texts(["fine", "  "], context_length=8)
 
 
+def test_lowercase_lowers_the_tokens_but_not_the_saved_splits(tmp_path: Path) -> None:
+    rows = [[f"WIN a FREE prize {i}", "spam"] for i in range(10)]
+    rows += [[f"See you at Lunch {i}", "ham"] for i in range(10)]
+    path = write_csv(tmp_path / "sms.csv", ["text", "label"], rows)
+    plain = module(path, context_length=32, output_dir=str(tmp_path / "plain"))
+    lowered = module(path, context_length=32, lowercase=True, output_dir=str(tmp_path / "low"))
+    assert plain.splits == lowered.splits
+    for split, examples in lowered.splits.items():
+        texts = [ex.text.lower() for ex in examples]
+        expected = encode_texts(texts, context_length=32)["input_ids"].tolist()
+        got = [ids for ids, _ in lowered.datasets[split]]
+        assert got == [[t for t in row if t != PAD] for row in expected]
+        assert got != [ids for ids, _ in plain.datasets[split]]
+        saved = (tmp_path / "low" / f"{split}.csv").read_text(encoding="utf-8")
+        assert saved == (tmp_path / "plain" / f"{split}.csv").read_text(encoding="utf-8")
+    assert torch.equal(
+        encode_texts(["FREE Prize"], 32, lowercase=True)["input_ids"],
+        encode_texts(["free prize"], 32)["input_ids"],
+    )
+
+
 def test_generic_files_with_custom_columns_and_no_balancing(tmp_path: Path) -> None:
     counts = {"pos": 30, "neg": 20, "mixed": 10}
     rows = [[f"review {i} {name}", name, "x"] for name, n in counts.items() for i in range(n)]

@@ -28,12 +28,13 @@ def make_task(
     n_blocks: int = 1,
     labels: tuple[str, ...] = ("ham", "spam"),
     dropout: float = 0.0,
+    lowercase: bool = False,
 ) -> ClassifyTask:
     """A 3-block, 16-wide classifier with random weights, in eval mode."""
     torch.manual_seed(0)
     config = {
         "classify": {"pooling": pooling, "trainable": trainable, "n_blocks": n_blocks},
-        "data": {"max_length": None},
+        "data": {"max_length": None, "lowercase": lowercase},
         "optim": {"lr": 1e-2, "weight_decay": 0.1, "decay_all": True},
         "lora": {"rank": 0, "alpha": 16, "dropout": 0.0},
     }
@@ -153,6 +154,16 @@ def test_classify_runs_without_dropout_and_keeps_the_training_mode() -> None:
     assert task.training and all(module.training for module in task.modules())
 
 
+def test_a_classifier_trained_on_lowered_texts_lowers_what_it_classifies() -> None:
+    def probabilities(task: ClassifyTask, text: str) -> dict[str, float]:
+        return task.classify([text])[0].probabilities
+
+    lowered, cased = make_task(lowercase=True), make_task()
+    shouted, quiet = "WIN A FREE PRIZE NOW", "win a free prize now"
+    assert probabilities(lowered, shouted) == probabilities(lowered, quiet)
+    assert probabilities(cased, shouted) != probabilities(cased, quiet)
+
+
 def write_dataset(path: Path, rows: int = 40) -> Path:
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
@@ -240,6 +251,16 @@ def test_experiments_compose_to_their_documented_settings() -> None:
     assert (book.optim.lr, book.optim.weight_decay, book.optim.decay_all) == (5e-5, 0.1, True)
     assert (book.trainer.max_epochs, book.data.batch_size, book.data.path) == (5, 8, "sms-spam")
     assert scratch.init_from is None and scratch.classify.trainable == "all"
+    assert (scratch.model.name, scratch.classify.pooling, scratch.data.lowercase) == (
+        "gpt2-mini",
+        "mean",
+        True,
+    )
+    assert (scratch.optim.lr, scratch.optim.weight_decay, scratch.hardware.threads) == (
+        2e-3,
+        1.0,
+        1,
+    )
 
 
 def test_a_trained_classifier_head_is_kept_and_a_vocabulary_head_replaced() -> None:

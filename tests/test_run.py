@@ -67,7 +67,8 @@ def test_run_folder_holds_config_checkpoints_logs_and_plot(compose_run, tmp_path
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     ckpt = _ckpt(run)
     assert ckpt["hyper_parameters"]["config"]["model"]["name"] == "gpt2-tiny"
-    assert ckpt["tokens_seen"] == ckpt["global_step"] * 2 * 128
+    # Batches of 2 windows of 64 tokens (data=verdict's window, shorter than the context).
+    assert ckpt["tokens_seen"] == ckpt["global_step"] * 2 * 64
 
 
 def test_same_seed_gives_same_losses(compose_run, tmp_path):

@@ -334,12 +334,16 @@ def truncation_limit(context_length: int, max_length: int | None = None) -> int:
     return context_length if max_length is None else min(context_length, max_length)
 
 
-def tokenize(texts: Sequence[str], limit: int) -> list[list[int]]:
+def tokenize(texts: Sequence[str], limit: int, lowercase: bool = False) -> list[list[int]]:
     """GPT-2 token ids of each text, cut to its first ``limit`` tokens (the book keeps the start).
 
     ``<|endoftext|>`` written inside a text is encoded as plain text: a message must not be able
-    to inject the padding token.
+    to inject the padding token. ``lowercase`` lowers each text first: GPT-2's tokens are
+    case-sensitive, so "FREE" and "free" share nothing unless a model learns that they mean the
+    same, which a classifier trained from scratch on a thousand texts has little data for.
     """
+    if lowercase:
+        texts = [text.lower() for text in texts]
     return [ids[:limit] for ids in get_tokenizer().encode_ordinary_batch(texts)]
 
 
@@ -364,12 +368,14 @@ def encode_texts(
     context_length: int,
     pad_to_length: int | None = None,
     max_length: int | None = None,
+    lowercase: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A batch (``input_ids``, ``lengths``) for classifying arbitrary texts.
 
-    The same rules as training: truncated to ``context_length`` (and ``max_length``), padded to
-    ``pad_to_length`` (the data module's ``pad_length``; longer texts are cut to it, as the
-    book cuts validation texts to the training length) or else to the longest text given.
+    The same rules as training: lowered when the data module's ``lowercase`` was set, truncated
+    to ``context_length`` (and ``max_length``), padded to ``pad_to_length`` (the data module's
+    ``pad_length``; longer texts are cut to it, as the book cuts validation texts to the
+    training length) or else to the longest text given.
     """
     if not texts:
         raise ValueError("encode_texts needs at least one text")
@@ -379,7 +385,7 @@ def encode_texts(
     limit = truncation_limit(context_length, max_length)
     if pad_to_length is not None:
         limit = min(limit, pad_to_length)
-    return pad(tokenize(texts, limit), pad_to_length)
+    return pad(tokenize(texts, limit, lowercase), pad_to_length)
 
 
 class EncodedExamples(Dataset):
@@ -426,6 +432,9 @@ class ClassificationDataModule(ResumableDataModule):
     does, cutting longer validation/test texts to it; ``batch`` pads each batch to its own
     longest text. Texts are cut to ``min(context_length, max_length)`` tokens first.
 
+    ``lowercase``: lower every text before tokenizing it (see ``tokenize``); the saved splits
+    keep the texts as read.
+
     ``context_length`` and ``output_dir`` come from the stage; with ``output_dir`` the splits
     are saved there as CSV (see ``write_splits``).
     """
@@ -444,6 +453,7 @@ class ClassificationDataModule(ResumableDataModule):
         seed: int = 123,
         pad_to: str = "longest_train",
         max_length: int | None = None,
+        lowercase: bool = False,
         context_length: int = 1024,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -485,6 +495,7 @@ class ClassificationDataModule(ResumableDataModule):
         self.seed = seed
         self.pad_to = pad_to
         self.max_length = max_length
+        self.lowercase = lowercase
         self.context_length = context_length
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -525,11 +536,14 @@ class ClassificationDataModule(ResumableDataModule):
             for held_out in (splits.validation, splits.test):
                 check_labels(held_out, names, self.label_column, "the training split's labels")
         ids = {name: i for i, name in enumerate(names)}
-        train_ids = tokenize([ex.text for ex in splits.train], self.limit)
+        train_ids = tokenize([ex.text for ex in splits.train], self.limit, self.lowercase)
         pad_length = max(len(t) for t in train_ids) if self.pad_to == "longest_train" else None
         cut = self.limit if pad_length is None else pad_length
         for split, examples in splits.items():
-            tokens = train_ids if split == "train" else tokenize([ex.text for ex in examples], cut)
+            if split == "train":
+                tokens = train_ids
+            else:
+                tokens = tokenize([ex.text for ex in examples], cut, self.lowercase)
             self.datasets[split] = EncodedExamples(tokens, [ids[ex.label] for ex in examples])
         if self.output_dir is not None:
             write_splits(splits, names, self.output_dir)

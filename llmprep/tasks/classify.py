@@ -316,10 +316,14 @@ class ClassifyTask(GPTTask):
         always gets the same probabilities, and is left in the mode it was in."""
         context_length = self.hparams["model_config"]["context_length"]
         max_length = self.config["data"].get("max_length")
+        # Checkpoints from before the option have no `lowercase` key: their texts were not lowered.
+        lowercase = self.config["data"].get("lowercase", False)
         predictions: list[Prediction] = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            batch = encode_texts(chunk, context_length, self.hparams["pad_length"], max_length)
+            batch = encode_texts(
+                chunk, context_length, self.hparams["pad_length"], max_length, lowercase
+            )
             with evaluating(self):
                 logits = self(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
             for text, probs in zip(chunk, logits.float().softmax(dim=-1).tolist(), strict=True):

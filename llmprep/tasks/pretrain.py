@@ -61,29 +61,54 @@ class PretrainTask(GPTTask):
             self.log_sample()
 
     def after_fit(self, trainer, datamodule) -> None:
-        """Print a continuation of the sample prompt by the final model (not under FSDP, whose
-        shards are gone once fitting ends: the last validation sample is in the log)."""
+        """Print the final model's continuations of the sample prompt (not under FSDP, whose
+        shards are gone once fitting ends: the last validation samples are in the log)."""
         if trainer.is_global_zero and not is_sharded(trainer):
             self.to(trainer.strategy.root_device)
-            sample = self.config["sample"]
-            text = self.complete(
-                sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
-            )
-            print(f"\nSample after training:\n{sample['prompt']}{text}\n")
+            print("\nSamples after training:")
+            for decoding, text in self.sample_texts().items():
+                print(f"{decoding}: {text}")
+            print()
 
-    def log_sample(self) -> str:
-        """Generate from the sample prompt and log the text (W&B table, console) on rank 0."""
+    def sample_texts(self) -> dict[str, str]:
+        """The prompt and its continuation by each decoding of ``sample``, one line each.
+
+        Greedy always; with ``sample.temperature > 0`` also a sample at that temperature from
+        the ``top_k`` most likely tokens. The sample draws from a generator seeded with
+        ``sample.seed`` afresh each time: the same weights give the same text, texts of
+        successive validations differ only by what the model learnt, and the global RNG that
+        training draws from (dropout, shuffling) is left untouched. Each run of whitespace is
+        shown as one space, so the text ends at its last word, not in blank lines.
+        """
         sample = self.config["sample"]
-        text = self.complete(
-            sample["prompt"], sample["max_new_tokens"], sample["temperature"], sample["top_k"]
-        )
+        prompt, max_new_tokens = sample["prompt"], sample["max_new_tokens"]
+        ids = [self.tokenizer.encode(prompt)]
+        (greedy,) = self.continuations(ids, max_new_tokens)
+        texts = {"greedy": greedy}
+        temperature, top_k, seed = sample["temperature"], sample["top_k"], sample["seed"]
+        if temperature > 0:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            (sampled,) = self.continuations(
+                ids, max_new_tokens, temperature, top_k, generator=generator
+            )
+            top = f", top-k {top_k}" if top_k is not None else ""
+            texts[f"temperature {temperature:g}{top}, seed {seed}"] = sampled
+        return {decoding: " ".join((prompt + text).split()) for decoding, text in texts.items()}
+
+    def log_sample(self) -> dict[str, str]:
+        """Generate the sample texts (:meth:`sample_texts`) and log them (W&B table, console) on
+        rank 0; under FSDP every rank takes part in generating them."""
+        texts = self.sample_texts()
         if not self.trainer.is_global_zero:
-            return text
-        log.info("sample at step %d: %s%s", self.global_step, sample["prompt"], text)
-        self.samples.append([self.global_step, self.tokens_seen, sample["prompt"] + text])
+            return texts
+        for decoding, text in texts.items():
+            log.info("sample at step %d, %s: %s", self.global_step, decoding, text)
+            self.samples.append([self.global_step, self.tokens_seen, decoding, text])
         for lg in self.loggers:
             if hasattr(lg, "log_text"):
                 lg.log_text(
-                    key="samples", columns=["step", "tokens_seen", "text"], data=self.samples
+                    key="samples",
+                    columns=["step", "tokens_seen", "decoding", "text"],
+                    data=self.samples,
                 )
-        return text
+        return texts
