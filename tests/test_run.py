@@ -186,6 +186,7 @@ def test_sweep_of_ddp_cpu_jobs_gives_one_folder_per_job(tmp_path):
 # subprocess computes exactly as this process does.
 RESUMABLE = (
     "model=gpt2-tiny",
+    "data.max_length=128",
     "model.dropout=0.1",
     "logger=csv",
     "trainer.log_every_n_steps=1",

@@ -13,7 +13,7 @@ from llmprep.training.run import train
 from llmprep.training.throughput import TOKENS_PER_SEC
 
 STEP_PAUSE = 0.05
-TOKENS_PER_BATCH = 2 * 128  # gpt2-tiny windows on The Verdict, data.batch_size=2
+TOKENS_PER_BATCH = 2 * 128  # data.max_length=128, data.batch_size=2
 
 
 class SlowOptimizer(L.Callback):
@@ -39,6 +39,7 @@ def _run(compose_run, *extra: str) -> Path:
     SlowOptimizer.ends = []
     cfg = compose_run(
         "model=gpt2-tiny",
+        "data.max_length=128",
         "data.batch_size=2",
         "logger=csv",
         "trainer.max_steps=8",
