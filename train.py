@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> float | None:
     from llmprep.errors import report_user_errors
     from llmprep.logs import route_library_logs
-    from llmprep.training.run import train
+    from llmprep.run import train
 
     route_library_logs()
     return report_user_errors(lambda: train(cfg), logging.getLogger("llmprep"))

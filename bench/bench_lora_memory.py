@@ -59,9 +59,9 @@ def run_variant(
     import torch
     from torch.utils.data import DataLoader
 
-    from llmprep.data.instruct import InstructCollate
     from llmprep.model import GPT, GPTConfig
-    from llmprep.tasks.instruct import InstructTask
+    from llmprep.stages.instruct.data import InstructCollate
+    from llmprep.stages.instruct.task import InstructTask
 
     torch.manual_seed(0)
     config = GPTConfig.from_name("gpt2-small", qkv_bias=True, tie_weights=True)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from llmprep.generate import generate
 from llmprep.model import GPT, GPTConfig
+from llmprep.model.generate import generate
 
 PROMPT_TOKENS = 16
 

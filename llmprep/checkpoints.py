@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from llmprep.atomic import atomic_path
 from llmprep.data.sources import DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, cache_dir
 from llmprep.errors import CheckpointError
+from llmprep.files import atomic_path
 
 REMOTE_SCHEMES = ("http://", "https://")
 

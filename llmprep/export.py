@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.checkpoints import read_checkpoint
 from llmprep.errors import is_user_error, one_line
+from llmprep.files import atomic_path, write_json_atomically
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import checkpoint_model
 from llmprep.model.lora import has_classifier_head

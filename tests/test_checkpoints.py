@@ -9,7 +9,7 @@ import torch
 
 from llmprep.checkpoints import read_checkpoint
 from llmprep.errors import CheckpointError
-from llmprep.training.run import train
+from llmprep.run import train
 
 
 class RunsCode:

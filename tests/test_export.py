@@ -14,8 +14,8 @@ from transformers import GPT2LMHeadModel
 from llmprep.export import export_classifier, load_classifier, main
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import build_model
-from llmprep.tasks.base import GPTTask
-from llmprep.tasks.pretrain import PretrainTask
+from llmprep.stages.pretrain.task import PretrainTask
+from llmprep.training.task import GPTTask
 
 TINY = GPTConfig(vocab_size=101, context_length=32, emb_dim=32, n_layers=2, n_heads=2)
 LABELS = ["ham", "spam"]

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, run_cli
 from crash import Crashed
 
-from llmprep.training.run import train
+from llmprep.run import train
 
 TINY = (
     "model=gpt2-tiny",

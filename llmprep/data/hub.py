@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from llmprep.atomic import atomic_path
 from llmprep.data.sources import cache_dir
+from llmprep.files import atomic_path
 
 
 def hub_text_file(dataset: str, config: str | None, split: str, text_field: str) -> Path:

@@ -15,7 +15,6 @@ names the source, its URL, the expected sha256 and the variables that fix it.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 import tempfile
@@ -27,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from llmprep.atomic import atomic_path
 from llmprep.errors import UserError
+from llmprep.files import atomic_path, file_sha256
 
 CACHE_ENV = "LLMPREP_CACHE"
 MIRROR_ENV = "LLMPREP_MIRROR"
@@ -100,15 +99,6 @@ def cache_dir() -> Path:
     folder = folder.expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in blocks so a large file never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_READ_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve(name_or_path: str) -> Path:

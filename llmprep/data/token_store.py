@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from llmprep.atomic import atomic_path, write_json_atomically
-from llmprep.data.sources import cache_dir, file_sha256
+from llmprep.data.sources import cache_dir
+from llmprep.files import atomic_path, file_sha256, write_json_atomically
 from llmprep.tokenizer import get_tokenizer
 
 FORMAT_VERSION = 2
@@ -88,7 +88,7 @@ def build_token_store(
     Concurrent builders of the same store each write their own temporary files; the last
     rename wins and both results are identical. The temporary files of a build that was killed
     are removed by the next build of the store, never those of a builder still running
-    (``llmprep.atomic.sweep_stale_temps``).
+    (``llmprep.files.sweep_stale_temps``).
     """
     if not paths:
         raise ValueError("build_token_store needs at least one source file")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmprep.data.sources import file_sha256
+from llmprep.files import file_sha256
 from llmprep.model.gpt import GPT
 
 log = logging.getLogger(__name__)

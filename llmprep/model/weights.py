@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmprep.atomic import atomic_path, write_json_atomically
 from llmprep.errors import UserError
+from llmprep.files import atomic_path, write_json_atomically
 from llmprep.model.config import GPTConfig
 from llmprep.model.gpt import GPT, LAYER_NORM_EPS
 

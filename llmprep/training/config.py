@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from llmprep.atomic import atomic_path
+from llmprep.files import atomic_path
 
 _SECRET_WORDS = r"(?:key|token|secret|password|passwd|credentials?)"
 SECRET_NAME = re.compile(rf"{_SECRET_WORDS}$", re.IGNORECASE)

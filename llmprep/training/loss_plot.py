@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from llmprep.atomic import atomic_path
+from llmprep.files import atomic_path
 
 
 class LossPlot(L.Callback):

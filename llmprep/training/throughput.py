@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
 
-from llmprep.tasks.base import batch_inputs
+from llmprep.training.task import batch_inputs
 
 TOKENS_PER_SEC = "train/device/items_per_sec"
 MFU = "train/device/mfu"

@@ -1,1 +1,0 @@
-"""Evaluation beyond the loss: scoring generated responses with an LLM judge."""

@@ -1,0 +1,124 @@
+"""One training run: the composed Hydra config in, a fitted model in the run folder out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict, read_write
+
+from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
+from llmprep.errors import CheckpointError
+from llmprep.model.init import ARCH_KEYS
+from llmprep.stages import evaluator, task_class
+from llmprep.training.config import plain_config
+from llmprep.training.hardware import apply_threads, trainer_kwargs
+from llmprep.training.loggers import build_logger, finish_logger
+from llmprep.training.validate import validate_config
+
+log = logging.getLogger(__name__)
+
+
+def pin_worker_command() -> None:
+    """Make Lightning's extra DDP ranks re-create exactly this job, in this job's folder.
+
+    Lightning starts each extra rank by re-running ``sys.argv`` with ``hydra.run.dir`` set to
+    ``HydraConfig.run.dir``. Inside a ``-m`` sweep that would start the whole sweep again in every
+    rank (and hang), and ``run.dir`` would resolve to a new timestamped folder. So the command
+    becomes this job's own overrides, and ``run.dir`` this job's output folder.
+    """
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    run = HydraConfig.instance().cfg.hydra.run
+    with read_write(run), open_dict(run):
+        run.dir = hydra_cfg.runtime.output_dir
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, logger) -> L.Trainer:
+    """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    hw = trainer_kwargs(cfg.hardware)
+    if hw["accelerator"] in {"gpu", "cuda"}:
+        torch.set_float32_matmul_precision("high")
+    return L.Trainer(
+        default_root_dir=output_dir,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        **hw,
+        **{k: v for k, v in cfg.trainer.items() if v is not None},
+    )
+
+
+def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) -> Path:
+    """The local file to resume from, checked before fitting: an llmprep checkpoint of this
+    stage and of the architecture this run builds (a mismatch names both model sizes)."""
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
+    config = run_config(ckpt, ckpt_path, "ckpt_path")
+    trained = config["stage"].get("name")
+    if trained != cfg.stage.name:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} was trained by stage {trained!r}: resume it with "
+            f"stage={trained}, not stage={cfg.stage.name}"
+        )
+    stored = ckpt["hyper_parameters"].get("model_config", {})
+    built = task.hparams["model_config"]
+    if any(stored.get(k) != built.get(k) for k in ARCH_KEYS):
+
+        def shape(values: dict) -> str:
+            return ", ".join(f"{k}={values.get(k)}" for k in ARCH_KEYS)
+
+        name = config.get("model", {}).get("name")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} holds a {name} ({shape(stored)}) but this run builds "
+            f"model={cfg.model.name} ({shape(built)}): resume it with model={name}"
+        )
+    return local_checkpoint(ckpt_path, "ckpt_path")
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit the stage's task as configured; return the best monitored metric (for sweepers).
+
+    Every job, failed or not, closes its W&B run and its process group, so the next job of a
+    ``-m`` sweep starts clean.
+    """
+    validate_config(cfg)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    job_num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
+    environ = dict(os.environ)
+    pin_worker_command()
+    apply_threads(cfg.hardware)
+    L.seed_everything(cfg.seed, workers=True)
+    config = plain_config(cfg)
+    logger = build_logger(cfg, output_dir, job_num, config)
+    failed = True
+    try:
+        task, datamodule = task_class(cfg.stage.name).from_config(cfg, output_dir)
+        trainer = build_trainer(cfg, output_dir, logger)
+        resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        if cfg.test_after_fit:
+            task.after_fit(trainer, datamodule)
+        failed = False
+        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        return float(best) if best is not None else None
+    finally:
+        finish_logger(logger, failed)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def run_evaluation(cfg: DictConfig) -> Any:
+    """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
+    validate_config(cfg)
+    return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())

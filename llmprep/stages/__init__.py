@@ -1,0 +1,88 @@
+"""The stages llmprep runs, one sub-package each, found by name.
+
+A stage is a folder ``llmprep/stages/<name>/`` (plus ``conf/stage/<name>.yaml``) whose
+``__init__`` names its LightningModule (``Task``), the data module classes it reads
+(``DATA_MODULES``) and its evaluation function (``evaluate(cfg, ckpt_path)``). Adding a stage
+is adding a folder: nothing here lists them.
+
+Nothing read from a checkpoint or an exported folder is ever instantiated. A stored stage name
+is looked up among these folders; stored data settings are plain values handed to one of the
+data module classes the stage lists, and a stored ``_target_`` naming any other class is
+refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from llmprep.checkpoints import read_checkpoint, run_config
+from llmprep.errors import CheckpointError, ConfigError
+
+
+def stage_names() -> list[str]:
+    """The stages there are: the sub-packages of this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
+
+
+def get_stage(name: str) -> ModuleType:
+    """The package of the stage called ``name``."""
+    if name not in stage_names():
+        raise ConfigError(f"stage.name={name!r}: expected one of {', '.join(stage_names())}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def task_class(stage: str) -> type:
+    """The LightningModule class of ``stage``."""
+    return get_stage(stage).Task
+
+
+def evaluator(stage: str) -> Callable[..., Any]:
+    """The evaluation function of ``stage`` (``evaluate(cfg, ckpt_path)``)."""
+    return get_stage(stage).evaluate
+
+
+def class_path(cls: type) -> str:
+    """The ``_target_`` that names ``cls``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def stored_datamodule(stage: str, data: Mapping[str, Any], **settings: Any) -> Any:
+    """The data module a checkpoint's stored ``data`` config describes, built from its plain
+    values (plus ``settings``) by a class ``stage`` lists; anything else is refused."""
+    target = data.get("_target_")
+    known = {class_path(cls): cls for cls in get_stage(stage).DATA_MODULES}
+    if target not in known:
+        raise CheckpointError(
+            f"the checkpoint's data._target_={target!r} is not a data module of stage "
+            f"{stage!r} ({', '.join(known)}); llmprep never instantiates classes named in a "
+            "checkpoint"
+        )
+    values = {k: v for k, v in data.items() if k != "_target_"}
+    return known[target](**{**values, **settings})
+
+
+def load_task(ckpt_path: str | Path, stage: str, device: torch.device) -> Any:
+    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``.
+
+    The checkpoint is read once, safely (see :mod:`llmprep.checkpoints`); the task class is
+    ``stage``'s from the registry, never one named in the file, and gets the stored
+    hyperparameters as plain values.
+    """
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
+    trained_stage = run_config(ckpt, ckpt_path, "ckpt_path")["stage"].get("name")
+    if trained_stage != stage:
+        raise CheckpointError(
+            f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained_stage!r}, not {stage!r}: "
+            f"run `python evaluate.py stage={trained_stage} ckpt_path=...`"
+        )
+    task = task_class(stage)(**ckpt["hyper_parameters"])
+    task.on_load_checkpoint(ckpt)
+    task.load_state_dict(ckpt["state_dict"])
+    return task.to(device).eval()

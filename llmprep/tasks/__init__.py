@@ -1,1 +1,0 @@
-"""Training tasks: the LightningModules of the stages (pretrain, classify, instruct)."""

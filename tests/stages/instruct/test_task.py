@@ -1,0 +1,258 @@
+"""The instruct stage: a real fine-tuning run, its test answers, batching, and its configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import run_cli
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+from torch import nn
+
+from llmprep.model import GPT, GPTConfig
+from llmprep.stages.instruct.data import InstructDataModule
+from llmprep.stages.instruct.task import InstructTask, check_bucket
+from llmprep.tokenizer import get_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=1, n_heads=2)
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rock", "fish"]
+
+
+def instruction_records(n: int) -> list[dict[str, str]]:
+    return [
+        {
+            "instruction": f"Repeat the word {WORDS[i % 10]}.",
+            "input": "" if i % 2 else f"case {i}",
+            "output": f"{WORDS[i % 10]} {WORDS[i % 10]}",
+        }
+        for i in range(n)
+    ]
+
+
+def train_cli(run: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return run_cli(
+        "train.py",
+        "stage=instruct",
+        "model=gpt2-tiny",
+        "init_from=null",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "sample.max_new_tokens=5",
+        "generation.limit=2",
+        "generation.max_new_tokens=5",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+        *overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny fine-tuning run (40 records: 34 train, 4 test, 2 validation), plain prompts."""
+    folder = tmp_path_factory.mktemp("instruct")
+    data = folder / "records.json"
+    data.write_text(json.dumps(instruction_records(40)), encoding="utf-8")
+    out = folder / "run"
+    result = train_cli(out, "data=instruct_file", f"data.path={data}", "data.prompt_style=plain")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_fit_answers_the_first_test_records_into_the_run_folder(run: Path) -> None:
+    answered = json.loads((run / "test_responses.json").read_text(encoding="utf-8"))
+    test_split = json.loads((run / "test.json").read_text(encoding="utf-8"))
+    assert len(test_split) == 4 and len(answered) == 2  # generation.limit=2
+    for record, row in zip(test_split, answered, strict=False):
+        assert list(row) == ["instruction", "input", "output", "model_response"]
+        assert {k: row[k] for k in ("instruction", "input", "output")} == record
+        assert isinstance(row["model_response"], str)
+
+
+def test_checkpoint_keeps_the_prompt_style_the_model_was_trained_with(run: Path) -> None:
+    ckpt = run / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["prompt_style"] == "plain"
+    assert InstructTask.load_from_checkpoint(ckpt, weights_only=True).style.name == "plain"
+
+
+def test_validation_and_test_losses_are_logged_and_samples_printed(run: Path) -> None:
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train/loss", "val/loss", "val/ppl", "test/loss", "test/ppl"} <= logged
+    log = (run / "train.log").read_text(encoding="utf-8")
+    validation = json.loads((run / "val.json").read_text(encoding="utf-8"))
+    for record in validation:
+        assert f"sample at step 2: {record['instruction']!r} -> " in log
+
+
+def test_bad_records_fail_the_command_naming_file_record_and_field(tmp_path: Path) -> None:
+    records = instruction_records(20)
+    del records[3]["output"]
+    data = tmp_path / "broken.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    result = train_cli(tmp_path / "run", "data=instruct_file", f"data.path={data}")
+    assert result.returncode != 0
+    assert str(data) in result.stderr
+    assert "record 3" in result.stderr and "output" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class ScriptedLM(nn.Module):
+    """Emits ``script`` one token per step for every row, whatever the prompt."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__()
+        self.config = TINY
+        self.script = script
+        self.steps = 0
+
+    def forward(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        logits = torch.zeros(idx.shape[0], idx.shape[1], TINY.vocab_size)
+        logits[:, -1, self.script[min(self.steps, len(self.script) - 1)]] = 1.0
+        self.steps += 1
+        return logits
+
+
+def tiny_task(style: str = "alpaca", bucket: bool = False) -> InstructTask:
+    torch.manual_seed(0)
+    config = {"data": {"bucket": bucket}}
+    return InstructTask(config, vars(TINY), prompt_style=style)
+
+
+def test_answer_stops_at_the_end_token_and_follows_a_repeated_response_marker() -> None:
+    task = tiny_task("alpaca")
+    tok = get_tokenizer()
+    script = [*tok.encode("### Response:\nBlue."), tok.eot_id, *tok.encode(" never read")]
+    task.model = ScriptedLM(script)
+    (row,) = task.respond(instruction_records(1), max_new_tokens=20)
+    assert row["model_response"] == "Blue."
+
+
+def test_batched_answers_equal_one_prompt_at_a_time() -> None:
+    task = tiny_task()
+    records = instruction_records(7)
+    prompts = [task.style.format_prompt(r["instruction"], r["input"]) for r in records]
+    lengths = [len(ids) for ids in get_tokenizer().encode_ordinary_batch(prompts)]
+    assert len(set(lengths)) < len(lengths)  # some prompts share a length and batch together
+    alone = task.respond(records, max_new_tokens=6, batch_size=1)
+    batched = task.respond(records, max_new_tokens=6, batch_size=4)
+    assert batched == alone
+
+
+def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path) -> None:
+    task = tiny_task()
+    task.config |= {
+        "seed": 1,
+        "generation": {
+            "max_new_tokens": 2,
+            "temperature": 0.0,
+            "top_k": None,
+            "limit": None,
+            "batch_size": 8,
+        },
+    }
+    tested = []
+    trainer = SimpleNamespace(
+        checkpoint_callback=None,
+        test=lambda *args, **kwargs: tested.append(kwargs["ckpt_path"]),
+        is_global_zero=True,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        default_root_dir=str(tmp_path),
+        fast_dev_run=True,
+    )
+    task.after_fit(trainer, SimpleNamespace(test_records=instruction_records(5)))
+    assert tested == [None]  # no checkpoint kept: the final weights are tested
+    assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 1
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_prompts_that_fill_the_context_never_make_the_logged_training_loss_nan(
+    tmp_path: Path, bucket: bool
+) -> None:
+    records = [
+        {**r, "input": "many words " * 60} if i % 2 == 0 else r
+        for i, r in enumerate(instruction_records(16))
+    ]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    datamodule = InstructDataModule(
+        path=str(data),
+        mask_prompt=True,
+        max_length=48,
+        context_length=TINY.context_length,
+        batch_size=1,
+        bucket=bucket,
+    )
+    task = tiny_task(bucket=bucket)
+    task.config["optim"] = {"lr": 1e-3, "weight_decay": 0.0}
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, datamodule=datamodule)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv", encoding="utf-8") as f:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert len(losses) == 6  # of 13 training records, the 6 short ones train
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def test_bucketing_is_refused_with_several_processes() -> None:
+    check_bucket(True, 1)
+    check_bucket(False, 4)
+    task = tiny_task(bucket=True)
+    task.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    with pytest.raises(ValueError, match=r"data\.bucket=true works with one process only.* 2"):
+        task.setup("fit")
+
+
+def test_a_classifier_head_is_refused() -> None:
+    model = GPT(TINY)
+    model.out_head = nn.Linear(TINY.emb_dim, 2)
+    with pytest.raises(ValueError, match="out_head has 2"):
+        InstructTask({}, vars(TINY), model=model)
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2() -> None:
+    cfg = compose_train("stage=instruct")
+    assert (cfg.stage.name, cfg.stage.monitor) == ("instruct", "val/loss")
+    assert (cfg.model.name, cfg.init_from) == ("gpt2-small", "openai-community/gpt2")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_all) == (5e-5, 0.1, True)
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.data.path) == (
+        2,
+        8,
+        "instruction-data",
+    )
+    assert cfg.generation.max_new_tokens == 256 and cfg.generation.limit is None
+    assert compose_train("stage=instruct", "model=gpt2-tiny").model.name == "gpt2-tiny"
+
+
+def test_book_chapter_7_experiment_composes() -> None:
+    cfg = compose_train("experiment=book_ch07")
+    assert cfg.stage.name == "instruct"
+    assert (cfg.model.name, cfg.init_from) == ("gpt2-medium", "openai-community/gpt2-medium")
+    assert (cfg.seed, cfg.data.prompt_style, cfg.data.batch_size) == (123, "alpaca", 8)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs) == (5e-5, 0.1, 2)

@@ -1,0 +1,71 @@
+"""AdamW groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from torch import nn
+
+from llmprep.training.optim import build_adamw, lr_lambda, param_groups
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+
+
+def test_only_matrices_and_embeddings_are_decayed():
+    decay, no_decay = param_groups(_model().named_parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sorted(p.dim() for p in decay["params"]) == [2, 2]
+    assert sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
+
+
+def test_decay_all_decays_every_tensor_like_the_book():
+    groups = param_groups(_model().named_parameters(), 0.1, decay_all=True)
+    assert len(groups) == 1 and len(groups[0]["params"]) == 5
+
+
+def test_frozen_parameters_are_left_out_and_nothing_trainable_is_an_error():
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    opt = build_adamw(model.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_adamw(model.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
+
+
+def test_warmup_then_cosine_reaches_min_lr():
+    f = lr_lambda(warmup_steps=10, total_steps=110, schedule="cosine", lr=1e-3, min_lr=1e-4)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+
+
+def test_constant_schedule_and_unknown_schedule():
+    f = lr_lambda(0, 100, "constant", 1e-3, 1e-4)
+    assert f(0) == f(99) == 1.0
+    with pytest.raises(ValueError, match=r"optim\.schedule='linear'"):
+        lr_lambda(0, 100, "linear", 1e-3, 1e-4)
+
+
+def test_a_floor_above_the_rate_is_refused():
+    with pytest.raises(ValueError, match=r"optim\.min_lr=5e-05 exceeds optim\.lr=1e-05"):
+        lr_lambda(0, 100, "cosine", 1e-5, 5e-5)
+
+
+def test_decay_follows_names_once_sharding_flattened_the_tensors():
+    model = _model()
+    matrices = {n for n, p in model.named_parameters() if p.dim() >= 2}
+    flat = [
+        (f"_fsdp_wrapped_module.{n}", nn.Parameter(p.detach().flatten()))
+        for n, p in model.named_parameters()
+    ]
+    decay, no_decay = param_groups(flat, 0.1, matrices=matrices)
+    assert len(decay["params"]) == 2 and len(no_decay["params"]) == 3
+    by_shape = param_groups(flat, 0.1)  # by shape alone every shard looks like a bias
+    assert by_shape[0]["params"] == [] and len(by_shape[1]["params"]) == 5
