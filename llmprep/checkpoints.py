@@ -88,9 +88,8 @@ def read_checkpoint(path: str | Path, setting: str = "init_from") -> dict[str, A
 
 
 def run_config(ckpt: Mapping[str, Any], path: str | Path, setting: str) -> dict[str, Any]:
-    """The plain run config an llmprep checkpoint stores (``hyper_parameters.config``)."""
-    hparams = ckpt.get("hyper_parameters")
-    config = hparams.get("config") if isinstance(hparams, Mapping) else None
+    """The plain run config an llmprep checkpoint stores (under ``"config"``)."""
+    config = ckpt.get("config")
     if not isinstance(config, Mapping) or not isinstance(config.get("stage"), Mapping):
         raise CheckpointError(f"{setting}={str(path)!r}: not an llmprep checkpoint")
     return dict(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
 from llmprep.errors import CheckpointError
-from llmprep.model.init import ARCH_KEYS
-from llmprep.stages import evaluator, task_class
+from llmprep.model.init import ARCH_KEYS, build_model
+from llmprep.stages import evaluator, get_stage, task_class
 from llmprep.training.config import plain_config
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
+from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,29 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
     return local_checkpoint(ckpt_path, "ckpt_path")
 
 
+def build_task(cfg: DictConfig, output_dir: Path) -> tuple[GPTTask, L.LightningDataModule]:
+    """The stage's task and its data module, connected: the data module is told the model's
+    context length (and the run folder, where it saves its splits), the task what the data
+    module says it needs (``task_settings()``, e.g. a classifier's labels), and nothing of the
+    run config but its own keys (:data:`~llmprep.training.task.TASK_KEYS`)."""
+    model = build_model(cfg.model, cfg.init_from)
+    datamodule = instantiate(
+        cfg.data,
+        context_length=model.config.context_length,
+        output_dir=str(output_dir),
+        _convert_="all",
+    )
+    config = plain_config(cfg)
+    task = task_class(cfg.stage.name)(
+        {key: config[key] for key in TASK_KEYS},
+        asdict(model.config),
+        model=model,
+        **datamodule.task_settings(),
+    )
+    task.run_config = config
+    return task, datamodule
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the stage's task as configured; return the best monitored metric (for sweepers).
 
@@ -101,12 +126,12 @@ def train(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg, output_dir, job_num, config)
     failed = True
     try:
-        task, datamodule = task_class(cfg.stage.name).from_config(cfg, output_dir)
+        task, datamodule = build_task(cfg, output_dir)
         trainer = build_trainer(cfg, output_dir, logger)
         resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if cfg.test_after_fit:
-            task.after_fit(trainer, datamodule)
+            report_after_fit(cfg, trainer, task, datamodule)
         failed = False
         best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
         return float(best) if best is not None else None
@@ -116,6 +141,20 @@ def train(cfg: DictConfig) -> float | None:
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
+
+
+def report_after_fit(
+    cfg: DictConfig, trainer: L.Trainer, task: GPTTask, datamodule: L.LightningDataModule
+) -> None:
+    """The stage's report on the best checkpoint (the final weights when none was kept, e.g.
+    ``fast_dev_run``): the same function ``evaluate.py`` calls, so both print the same table."""
+    callback = trainer.checkpoint_callback
+    best = (
+        Path(callback.best_model_path)
+        if callback is not None and callback.best_model_path
+        else None
+    )
+    get_stage(cfg.stage.name).report(trainer, task, datamodule, best, cfg)
 
 
 def run_evaluation(cfg: DictConfig) -> Any:

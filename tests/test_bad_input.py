@@ -167,7 +167,7 @@ def test_evaluate_never_instantiates_what_a_checkpoint_names(cli, tmp_path, tiny
     data module and task: evaluate refuses it and the function never runs."""
     pwned = tmp_path / "pwned.txt"
     ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    config = ckpt["hyper_parameters"]["config"]
+    config = ckpt["config"]
     config["data"] = {"_target_": "logging.basicConfig", "filename": str(pwned)}
     config["stage"]["task"] = "logging.basicConfig"
     crafted = tmp_path / "crafted.ckpt"

@@ -28,8 +28,7 @@ def run_config(lora: dict | None = None, init_from: str | None = None) -> dict:
         "lora": lora or {"rank": 0},
         "init_from": init_from,
         "model": {"name": "test", **asdict(TINY)},
-        "stage": {"name": "test"},
-        "classify": {"pooling": "last"},
+        "stage": {"name": "test", "pooling": "last"},
     }
 
 

@@ -66,7 +66,7 @@ def test_run_folder_holds_config_checkpoints_logs_and_plot(compose_run, tmp_path
     png = (run / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     ckpt = _ckpt(run)
-    assert ckpt["hyper_parameters"]["config"]["model"]["name"] == "gpt2-tiny"
+    assert ckpt["config"]["model"]["name"] == "gpt2-tiny"
     # Batches of 2 windows of 64 tokens (data=verdict's window, shorter than the context).
     assert ckpt["tokens_seen"] == ckpt["global_step"] * 2 * 64
 
@@ -173,7 +173,7 @@ def test_sweep_of_ddp_cpu_jobs_gives_one_folder_per_job(tmp_path):
         assert (folder / ".hydra" / "config.yaml").is_file()
         assert f"optim.lr={lr:g}" in (folder / ".hydra" / "overrides.yaml").read_text()
         assert (folder / "checkpoints" / "last.ckpt").is_file()
-        hparams = _ckpt(folder)["hyper_parameters"]["config"]
+        hparams = _ckpt(folder)["config"]
         assert hparams["optim"]["lr"] == pytest.approx(lr)
         assert hparams["hardware"]["devices"] == 2
     assert _default_run_folders() == before  # no DDP process made a run folder of its own
@@ -219,7 +219,7 @@ def _assert_resumed_like_uninterrupted(full: Path, resumed: Path, saved_step: in
 
 
 def _accumulation(ckpt: dict) -> int:
-    return ckpt["hyper_parameters"]["config"]["trainer"]["accumulate_grad_batches"]
+    return ckpt["config"]["trainer"]["accumulate_grad_batches"]
 
 
 def test_run_killed_between_periodic_saves_resumes_with_the_same_losses(
@@ -264,7 +264,7 @@ def test_run_killed_between_periodic_saves_resumes_with_the_same_losses(
         (
             "stage=instruct",
             "data.bucket=true",
-            "sample.count=0",
+            "stage.sample.count=0",
             "trainer.limit_train_batches=6",
             "trainer.max_steps=8",
             "callbacks.periodic.every_n_train_steps=4",

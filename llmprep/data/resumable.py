@@ -162,10 +162,18 @@ class ResumableDataModule(L.LightningDataModule):
     Subclasses hand the training loader they build to :meth:`resume_loader`. The data module's
     checkpoint entry holds that loader's position (``{"train_loader": {"epoch", "batches"}}``);
     loaded back, it goes to the next loader built.
+
+    It is also the seam between a stage's data and its task: ``output_dir`` is the run folder
+    (where a data module that draws its own splits saves them; ``None`` outside a training run),
+    ``test_splits`` names the loaders ``test_dataloader`` returns, and :meth:`task_settings` is
+    what the task must know of the data.
     """
 
-    def __init__(self) -> None:
+    test_splits: tuple[str, ...] = ("test",)
+
+    def __init__(self, output_dir: str | None = None) -> None:
         super().__init__()
+        self.output_dir = output_dir
         self._train_loader: ResumableLoader | None = None
         self._train_position: dict[str, int] | None = None
 
@@ -177,6 +185,10 @@ class ResumableDataModule(L.LightningDataModule):
             self._train_position = None
         self._train_loader = loader
         return loader
+
+    def task_settings(self) -> dict[str, Any]:
+        """Keyword arguments the stage's task is built with (a classifier's labels); none here."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position, once there is a loader (Lightning saves it)."""

@@ -2,7 +2,8 @@
 
 A stage is a folder ``llmprep/stages/<name>/`` (plus ``conf/stage/<name>.yaml``) whose
 ``__init__`` names its LightningModule (``Task``), the data module classes it reads
-(``DATA_MODULES``) and its evaluation function (``evaluate(cfg, ckpt_path)``). Adding a stage
+(``DATA_MODULES``), its report on a checkpoint (``report``: after fitting and in
+``evaluate.py``) and its evaluation command (``evaluate(cfg, ckpt_path)``). Adding a stage
 is adding a folder: nothing here lists them.
 
 Nothing read from a checkpoint or an exported folder is ever instantiated. A stored stage name
@@ -68,8 +69,9 @@ def stored_datamodule(stage: str, data: Mapping[str, Any], **settings: Any) -> A
     return known[target](**{**values, **settings})
 
 
-def load_task(ckpt_path: str | Path, stage: str, device: torch.device) -> Any:
-    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``.
+def load_task(ckpt_path: str | Path, stage: str, device: str | torch.device = "cpu") -> Any:
+    """The task of ``stage`` restored from ``ckpt_path``, in eval mode on ``device``, with the
+    run config the checkpoint stores as its ``run_config``.
 
     The checkpoint is read once, safely (see :mod:`llmprep.checkpoints`); the task class is
     ``stage``'s from the registry, never one named in the file, and gets the stored

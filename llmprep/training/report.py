@@ -1,24 +1,36 @@
-"""What every stage's evaluation shares: loading the checkpoint, a table, a JSON file beside it."""
+"""The one evaluation path every stage shares: ``trainer.test`` on the stage's own ``test_step``,
+a table of its scores per split, and a JSON file beside the checkpoint.
+
+Reporting after fitting and ``evaluate.py`` both go through :func:`score`, so they print the
+same table from the same code.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import lightning as L
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from llmprep.files import write_json_atomically
-from llmprep.training.task import perplexity
 
+def eval_trainer(cfg: DictConfig) -> L.Trainer:
+    """A one-device Trainer for ``evaluate.py``: the GPU when the hardware config asks for one
+    and it exists, else the CPU; no logger, checkpoints, progress bar or summary."""
+    import torch
 
-def eval_device(cfg: DictConfig) -> torch.device:
-    """The GPU when the hardware config asks for one and it exists, else the CPU."""
     wants_gpu = cfg.hardware.accelerator in {"gpu", "cuda", "auto"}
-    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+    return L.Trainer(
+        accelerator="gpu" if wants_gpu and torch.cuda.is_available() else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -31,25 +43,38 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
     Console().print(table)
 
 
-def results_path(ckpt_path: Path, suffix: str = "eval") -> Path:
-    """Where a checkpoint's results go: beside it, ``<name>.<suffix>.json``."""
+def results_path(ckpt_path: Path | None, trainer: L.Trainer, suffix: str = "eval") -> Path:
+    """Where results go: beside the checkpoint, ``<name>.<suffix>.json``; without one (a
+    ``fast_dev_run``), ``<suffix>.json`` in the run folder."""
+    if ckpt_path is None:
+        return Path(trainer.default_root_dir) / f"{suffix}.json"
     return ckpt_path.with_name(f"{ckpt_path.stem}.{suffix}.json")
 
 
-def write_json(path: Path, data: Any) -> Path:
-    """Write results ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    return write_json_atomically(path, data)
+def score(
+    trainer: L.Trainer,
+    task: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: Path | None,
+    load: bool,
+    title: str,
+) -> dict[str, dict[str, Any]]:
+    """Each test split's scores (``task.test_results`` after ``trainer.test``, which shards the
+    splits over the processes), printed by rank 0 as one row per split.
 
-
-def loss_report(batches: Iterable[tuple[torch.Tensor, int]]) -> dict[str, Any]:
-    """Token-weighted mean of per-batch mean losses, given as ``(loss, tokens)``, with its
-    perplexity; batches without tokens are skipped."""
-    total, count = 0.0, 0
-    for loss, tokens in batches:
-        if tokens:
-            total += loss.item() * tokens
-            count += tokens
-    if not count:
-        raise ValueError("nothing to score: the split has no target tokens")
-    mean = total / count
-    return {"tokens": count, "loss": mean, "perplexity": perplexity(mean).item()}
+    ``load`` has ``trainer.test`` load ``ckpt_path`` first (after fitting: the best checkpoint);
+    otherwise the task is scored with the weights it holds (``evaluate.py`` restored them).
+    Lists in the scores (a confusion matrix) are left out of the table.
+    """
+    weights = str(ckpt_path) if load and ckpt_path is not None else None
+    trainer.test(task, datamodule=datamodule, ckpt_path=weights, verbose=False, weights_only=True)
+    results = task.test_results
+    if trainer.is_global_zero:
+        print_table(
+            title,
+            [
+                {"split": split, **{k: v for k, v in r.items() if not isinstance(v, list)}}
+                for split, r in results.items()
+            ],
+        )
+    return results

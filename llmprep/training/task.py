@@ -1,8 +1,12 @@
 """The LightningModule all stages share: our GPT built from plain config, AdamW and its schedule,
 and LoRA adapters for any stage.
 
-Hyperparameters are the run's resolved config as plain dicts (never modules), so
-``load_from_checkpoint`` rebuilds the exact model without the Hydra run around it.
+A task gets only its own settings (:data:`TASK_KEYS` of the run config: the ``stage`` group,
+``optim``, ``lora``, ``init_from``, ``activation_checkpointing``, ``seed``) as plain dicts,
+never modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run around
+it. What the task needs from its data (a classifier's labels) the data module's
+``task_settings()`` hands over. Every checkpoint also holds the whole resolved run config under
+``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it).
 
 With ``lora.rank > 0`` a LoRA run's checkpoints hold only what the run changed (adapters, and
 tensors the stage added such as a new head) plus a reference to the base weights (``init_from``
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import equal_length_batches, generate
@@ -52,9 +56,22 @@ def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
     return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
 
 
+IGNORE_INDEX = -100
+"""The target id cross-entropy skips: padding, and masked prompts."""
+
+SPLITS = ("train", "val", "test")
+"""The split names every data module uses."""
+
+
+def test_metric_prefix(split: str) -> str:
+    """The prefix a tested split's metrics are logged under: ``test`` for the test split,
+    ``best/train`` and ``best/val`` for the others (re-scored after fitting)."""
+    return "test" if split == "test" else f"best/{split}"
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; targets of -100 are ignored."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def batch_inputs(batch: Any) -> torch.Tensor:
@@ -69,12 +86,17 @@ def is_sharded(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy)
 
 
+TASK_KEYS = ("stage", "optim", "lora", "init_from", "activation_checkpointing", "seed")
+"""The keys of the run config a task is built from."""
+
+
 class GPTTask(L.LightningModule):
     """Holds ``self.model`` (our GPT), counts tokens seen and builds the optimizer.
 
-    ``config`` is the whole resolved run config (plain dict); ``model_config`` the final
-    architecture (a ``GPTConfig`` as dict: with ``init_from`` it is the pretrained model's).
-    ``model`` lets ``from_config`` hand in a GPT with loaded weights; it is not a hyperparameter.
+    ``config`` holds the task's settings (:data:`TASK_KEYS`, plain dicts); ``model_config`` the
+    final architecture (a ``GPTConfig`` as dict: with ``init_from`` it is the pretrained model's).
+    ``model`` hands in a GPT with loaded weights; it is not a hyperparameter. ``run_config`` is
+    the whole resolved run config, stored in each checkpoint beside the hyperparameters.
 
     With ``config["lora"]["rank"] > 0`` the adapted model gets LoRA adapters (``self.lora``
     holds the settings, targets resolved) and only they, and layers the stage added outside the
@@ -88,6 +110,7 @@ class GPTTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.config = config
+        self.run_config: dict[str, Any] | None = None
         base = model if model is not None else GPT(GPTConfig(**model_config))
         base_tensors = {id(t) for t in base.state_dict(keep_vars=True).values()}
         self.model = self.adapt_model(base)
@@ -166,11 +189,56 @@ class GPTTask(L.LightningModule):
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
         self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
 
-    def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-        """What a stage does once fitting is over (report, test, generate); rank 0 prints."""
-
     def on_fit_start(self) -> None:
         self.log_parameter_counts()
+
+    def samples(self) -> list[dict[str, Any]]:
+        """What the model writes at each validation, as rows of equal keys for
+        ``SampleLogger``; a stage that writes nothing returns none."""
+        return []
+
+    def loss_and_tokens(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """Mean next-token cross-entropy over the batch's target tokens (``-100`` skipped) and
+        their number; batches are ``(inputs, targets)`` or dicts with ``targets``."""
+        targets = batch["targets"] if isinstance(batch, Mapping) else batch[1]
+        loss = lm_loss(self.model(batch_inputs(batch)), targets)
+        return loss, int((targets != IGNORE_INDEX).sum())
+
+    def on_test_start(self) -> None:
+        """One token-weighted loss per test loader, named by the data module's
+        ``test_splits``."""
+        self.test_splits = list(self.trainer.datamodule.test_splits)
+        self.test_losses = torch.nn.ModuleList(MeanMetric() for _ in self.test_splits)
+        self.test_tokens = torch.nn.ModuleList(SumMetric() for _ in self.test_splits)
+        self.test_losses.to(self.device)
+        self.test_tokens.to(self.device)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss, tokens = self.loss_and_tokens(batch)
+        if tokens:
+            self.test_losses[dataloader_idx].update(loss, weight=tokens)
+            self.test_tokens[dataloader_idx].update(tokens)
+
+    def on_test_epoch_end(self) -> None:
+        """``test_results``: tokens, loss and perplexity of each split (over all processes);
+        the ``train``/``val``/``test`` splits are also logged (see :func:`test_metric_prefix`)."""
+        self.test_results = {}
+        for split, losses, tokens in zip(
+            self.test_splits, self.test_losses, self.test_tokens, strict=True
+        ):
+            count = int(tokens.compute())
+            if not count:
+                raise ValueError(f"nothing to score: the {split} split has no target tokens")
+            loss = losses.compute()
+            self.test_results[split] = {
+                "tokens": count,
+                "loss": float(loss),
+                "perplexity": float(perplexity(loss)),
+            }
+            if split in SPLITS:
+                prefix = test_metric_prefix(split)
+                self.log(f"{prefix}/loss", loss, sync_dist=False)
+                self.log(f"{prefix}/ppl", perplexity(loss), sync_dist=False)
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -223,6 +291,8 @@ class GPTTask(L.LightningModule):
         """Record ``tokens_seen``; for a LoRA run, drop the referenced base weights and record
         the settings and base reference (subclasses overriding this must call it)."""
         checkpoint["tokens_seen"] = self.tokens_seen
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
         if self.lora is None:
             return
         if not self._lora_base_loaded:
@@ -243,6 +313,7 @@ class GPTTask(L.LightningModule):
         (from the model when it holds the same base, else re-read from the recorded reference),
         so Lightning's strict loading sees a complete state (subclasses must call it)."""
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.run_config = checkpoint.get("config", self.run_config)
         stored = checkpoint.get(CHECKPOINT_KEY)
         if self.lora is None:
             if stored is not None:
@@ -263,7 +334,7 @@ class GPTTask(L.LightningModule):
             check_base(reference, self._lora_base)
             base = {base_name(n): t for n, t in self.model.state_dict().items()}
         elif reference is not None:
-            base = load_lora_base(reference, self.config["model"]).state_dict()
+            base = load_lora_base(reference, self.hparams["model_config"]).state_dict()
         self._lora_base, self._lora_base_loaded = reference, True
         state = checkpoint["state_dict"]
         stored_model = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import OmegaConf
 
 from llmprep.training.hardware import apply_threads, build_strategy, trainer_kwargs
 
-CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+CONF = str(ROOT / "conf")
 
 
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "multinode"])

@@ -452,7 +452,7 @@ class ClassificationDataModule(ResumableDataModule):
         output_dir: str | None = None,
         drop_last_train: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(output_dir)
         layout = SOURCE_LAYOUTS.get(path, {})
         format = format if format is not None else layout.get("format")
         columns = columns if columns is not None else layout.get("columns")
@@ -491,7 +491,6 @@ class ClassificationDataModule(ResumableDataModule):
         self.context_length = context_length
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.output_dir = output_dir
         self.drop_last_train = drop_last_train
         self.splits: Splits | None = None
         self.datasets: dict[str, EncodedExamples] = {}
@@ -623,13 +622,21 @@ class ClassificationDataModule(ResumableDataModule):
         """Validation batches in a fixed order."""
         return self._loader("validation")
 
-    def test_dataloader(self) -> DataLoader:
-        """Test batches in a fixed order."""
-        return self._loader("test")
+    test_splits = SPLITS
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Every example of ``split`` (one of ``SPLITS``) in a fixed order, none dropped: for
-        scoring a split, the training split included."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        return self._loader(split)
+    def test_dataloader(self) -> list[DataLoader]:
+        """Every split in a fixed order, none dropped, the training split included: testing
+        scores all three."""
+        return [self._loader(split) for split in SPLITS]
+
+    def task_settings(self) -> dict[str, Any]:
+        """The labels and text preparation the classifier is built with (see ``ClassifyTask``);
+        reads the data on first use, since the head's size is the number of classes."""
+        self.prepare_data()
+        self.setup("fit")
+        return {
+            "label_names": self.label_names,
+            "pad_length": self.pad_length,
+            "max_length": self.max_length,
+            "lowercase": self.lowercase,
+        }

@@ -13,18 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
+import lightning as L
 from omegaconf import DictConfig
 
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.classify.data import SPLITS, ClassificationDataModule
-from llmprep.stages.classify.task import ClassificationScores, ClassifyTask
-from llmprep.training.report import (
-    eval_device,
-    print_table,
-    results_path,
-    write_json,
-)
+from llmprep.stages.classify.task import ClassifyTask
+from llmprep.training.report import eval_trainer, print_table, results_path, score
 
 
 def saved_splits(ckpt_path: Path, config: dict[str, Any]) -> Path | None:
@@ -42,8 +38,8 @@ def split_datamodule(
     task: ClassifyTask, ckpt_path: Path, batch_size: int
 ) -> tuple[ClassificationDataModule, str]:
     """The run's data module with its three splits set up, and where the splits came from."""
-    data = dict(task.config["data"])
-    folder = saved_splits(ckpt_path, task.config)
+    data = dict(task.run_config["data"])
+    folder = saved_splits(ckpt_path, task.run_config)
     if folder is not None:
         data.update(path=str(folder), format=None, columns=None, text_column="text")
         data.update(label_column="label")
@@ -52,26 +48,11 @@ def split_datamodule(
         origin = f"re-derived from {data['path']} with seed {data['seed']}"
     data.update(labels=task.label_names, batch_size=batch_size, num_workers=0)
     datamodule = stored_datamodule(
-        "classify",
-        data,
-        context_length=task.hparams["model_config"]["context_length"],
-        output_dir=None,
+        "classify", data, context_length=task.hparams["model_config"]["context_length"]
     )
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule, origin
-
-
-@torch.no_grad()
-def score_split(
-    task: ClassifyTask, datamodule: ClassificationDataModule, split: str, device: torch.device
-) -> dict[str, Any]:
-    """Accuracy, F1, loss and confusion matrix of ``task`` on one split."""
-    scores = ClassificationScores(task.num_classes).to(device)
-    for batch in datamodule.eval_dataloader(split):
-        batch = {key: value.to(device) for key, value in batch.items()}
-        scores.update(task(batch["input_ids"], batch["lengths"]), batch["labels"])
-    return scores.compute()
 
 
 def f1_meaning(label_names: list[str]) -> str:
@@ -81,51 +62,43 @@ def f1_meaning(label_names: list[str]) -> str:
     return f"macro F1 over {len(label_names)} labels"
 
 
-def evaluate_splits(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> dict[str, Any]:
-    """Score train, validation and test; print them and their confusion matrices; write JSON."""
-    datamodule, origin = split_datamodule(task, ckpt_path, cfg.eval.batch_size)
-    results = {split: score_split(task, datamodule, split, task.device) for split in SPLITS}
+def report(
+    trainer: L.Trainer,
+    task: ClassifyTask,
+    datamodule: ClassificationDataModule,
+    ckpt_path: Path | None,
+    cfg: DictConfig,
+    load: bool = True,
+    origin: str = "the run's splits",
+) -> dict[str, Any]:
+    """Accuracy, F1 and loss of train, validation and test (``score``), their confusion
+    matrices, and ``<checkpoint>.eval.json``; rank 0 prints and writes."""
     names = task.label_names
-    print_table(
-        f"{ckpt_path.name} ({origin}; F1: {f1_meaning(names)})",
-        [
-            {
-                "split": split,
-                "examples": r["examples"],
-                "accuracy": r["acc"],
-                "f1": r["f1"],
-                "loss": r["loss"],
-            }
-            for split, r in results.items()
-        ],
-    )
+    weights = ckpt_path.name if ckpt_path else "final weights"
+    title = f"{weights} ({origin}; F1: {f1_meaning(names)})"
+    results = score(trainer, task, datamodule, ckpt_path, load, title)
+    if not trainer.is_global_zero:
+        return results
     print_table(
         "Confusion matrices (rows: true label, columns: predicted)",
         [
             {"split": split, "true": names[i], **dict(zip(names, row, strict=True))}
             for split, r in results.items()
-            for i, row in enumerate(r["confusion"])
+            for i, row in enumerate(r["confusion_matrix"])
         ],
     )
-    report = {
-        "checkpoint": str(ckpt_path),
-        "labels": names,
-        "splits": origin,
-        "f1": f1_meaning(names),
-        "results": {
-            split: {
-                "examples": r["examples"],
-                "accuracy": r["acc"],
-                "f1": r["f1"],
-                "loss": r["loss"],
-                "confusion_matrix": r["confusion"],
-            }
-            for split, r in results.items()
+    out = write_json_atomically(
+        results_path(ckpt_path, trainer),
+        {
+            "checkpoint": str(ckpt_path),
+            "labels": names,
+            "splits": origin,
+            "f1": f1_meaning(names),
+            "results": results,
         },
-    }
-    out = write_json(results_path(ckpt_path), report)
+    )
     print(f"results written to {out}")
-    return report
+    return results
 
 
 def read_texts(path: str | Path) -> list[tuple[int, str]]:
@@ -174,8 +147,8 @@ def predict_texts(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> list[
             for r in rows
         ],
     )
-    out = write_json(
-        results_path(ckpt_path, "predictions"),
+    out = write_json_atomically(
+        ckpt_path.with_name(f"{ckpt_path.stem}.predictions.json"),
         {"checkpoint": str(ckpt_path), "labels": task.label_names, "predictions": rows},
     )
     print(f"predictions written to {out}")
@@ -183,9 +156,10 @@ def predict_texts(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> list[
 
 
 def evaluate(cfg: DictConfig, ckpt_path: Path) -> Any:
-    """``predict_texts`` when ``eval.text`` or ``eval.texts_file`` is given, else
-    ``evaluate_splits``; results go to ``<checkpoint>.predictions.json`` or ``.eval.json``."""
-    task = load_task(ckpt_path, "classify", eval_device(cfg))
+    """``predict_texts`` when ``eval.text`` or ``eval.texts_file`` is given, else :func:`report`
+    on the run's splits; results go to ``<checkpoint>.predictions.json`` or ``.eval.json``."""
+    task = load_task(ckpt_path, "classify")
     if cfg.eval.text is not None or cfg.eval.texts_file is not None:
         return predict_texts(task, ckpt_path, cfg)
-    return evaluate_splits(task, ckpt_path, cfg)
+    datamodule, origin = split_datamodule(task, ckpt_path, cfg.eval.batch_size)
+    return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False, origin=origin)

@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import (
@@ -40,19 +36,14 @@ from torchmetrics.classification import (
 )
 
 from llmprep.model import GPT
-from llmprep.model.init import build_model
 from llmprep.model.modes import evaluating
-from llmprep.stages.classify.data import SPLITS, ClassificationDataModule, encode_texts
-from llmprep.training.config import plain_config
-from llmprep.training.report import print_table
-from llmprep.training.task import GPTTask
+from llmprep.stages.classify.data import encode_texts
+from llmprep.training.task import GPTTask, test_metric_prefix
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("last_real", "last", "mean")
 TRAINABLE = ("last_block", "last_n_blocks", "head", "all")
-METRIC_PREFIX = {"train": "train", "validation": "val", "test": "test"}
-"""The data module's split names and the prefixes their metrics are logged under."""
 
 
 def pool_logits(
@@ -77,7 +68,7 @@ def pool_logits(
         real = torch.arange(logits.shape[1], device=logits.device)[None, :] < lengths[:, None]
         summed = (logits * real.unsqueeze(-1).to(logits.dtype)).sum(dim=1)
         return summed / lengths.unsqueeze(-1).to(logits.dtype)
-    raise ValueError(f"classify.pooling={pooling!r}: expected one of {list(POOLINGS)}")
+    raise ValueError(f"stage.pooling={pooling!r}: expected one of {list(POOLINGS)}")
 
 
 def set_trainable(model: GPT, trainable: str, n_blocks: int = 1) -> None:
@@ -87,7 +78,7 @@ def set_trainable(model: GPT, trainable: str, n_blocks: int = 1) -> None:
     a class off pretrained features, and far cheaper than training it all.
     """
     if trainable not in TRAINABLE:
-        raise ValueError(f"classify.trainable={trainable!r}: expected one of {list(TRAINABLE)}")
+        raise ValueError(f"stage.trainable={trainable!r}: expected one of {list(TRAINABLE)}")
     if trainable == "all":
         model.requires_grad_(True)
         return
@@ -98,8 +89,7 @@ def set_trainable(model: GPT, trainable: str, n_blocks: int = 1) -> None:
     if trainable == "last_n_blocks":
         if not 1 <= n_blocks <= len(model.blocks):
             raise ValueError(
-                f"classify.n_blocks={n_blocks}: expected 1 to the model's "
-                f"{len(model.blocks)} blocks"
+                f"stage.n_blocks={n_blocks}: expected 1 to the model's {len(model.blocks)} blocks"
             )
     else:
         n_blocks = 1
@@ -133,15 +123,15 @@ class ClassificationScores(nn.Module):
         self.confusion.update(preds, labels)
 
     def compute(self) -> dict[str, Any]:
-        """``acc``, ``f1``, ``loss``, ``examples`` and ``confusion`` (rows: true, columns:
-        predicted label ids) as plain numbers."""
+        """``examples``, ``accuracy``, ``f1``, ``loss`` and ``confusion_matrix`` (rows: true,
+        columns: predicted label ids) as plain numbers."""
         confusion = self.confusion.compute()
         return {
-            "acc": float(self.accuracy.compute()),
+            "examples": int(confusion.sum()),
+            "accuracy": float(self.accuracy.compute()),
             "f1": float(self.f1.compute()),
             "loss": float(self.loss.compute()),
-            "examples": int(confusion.sum()),
-            "confusion": confusion.tolist(),
+            "confusion_matrix": confusion.tolist(),
         }
 
     def reset(self) -> None:
@@ -162,9 +152,11 @@ class Prediction:
 class ClassifyTask(GPTTask):
     """Fine-tunes the GPT to label texts; logs loss, accuracy and F1 per split.
 
-    ``label_names`` (a name's index is its id) and ``pad_length`` (what the data module padded
-    every text to, ``None`` when each batch padded to its own longest) are hyperparameters, so a
-    checkpoint alone classifies new texts the way its training data was prepared.
+    What the data module says of its texts (``task_settings()``) are hyperparameters, so a
+    checkpoint alone classifies new texts the way its training data was prepared:
+    ``label_names`` (a name's index is its id), ``pad_length`` (what every text was padded to,
+    ``None`` when each batch padded to its own longest), ``max_length`` (the truncation) and
+    ``lowercase``.
     """
 
     def __init__(
@@ -173,31 +165,30 @@ class ClassifyTask(GPTTask):
         model_config: dict[str, Any],
         label_names: Sequence[str],
         pad_length: int | None = None,
+        max_length: int | None = None,
+        lowercase: bool = False,
         model: GPT | None = None,
     ) -> None:
         super().__init__(config, model_config, model)
         self.label_names = list(label_names)
-        self.pooling = config["classify"]["pooling"]
+        self.pooling = config["stage"]["pooling"]
         self.train_scores = ClassificationScores(self.num_classes)
         self.val_scores = ClassificationScores(self.num_classes)
-        self.test_scores = ClassificationScores(self.num_classes)
-        self.test_splits: list[str] = ["test"]
-        self.test_results: dict[str, dict[str, Any]] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.hparams["label_names"])
 
     def adapt_model(self, model: GPT) -> nn.Module:
-        """A fresh ``Linear(emb_dim, num_classes)`` head, then freeze per ``classify.trainable``.
+        """A fresh ``Linear(emb_dim, num_classes)`` head, then freeze per ``stage.trainable``.
 
         A model that already has a classifier head of ``num_classes`` outputs (``init_from`` one
         of our classify checkpoints) keeps it, so fine-tuning continues from the trained head.
         """
-        settings = self.config["classify"]
+        settings = self.config["stage"]
         if settings["pooling"] not in POOLINGS:
             raise ValueError(
-                f"classify.pooling={settings['pooling']!r}: expected one of {list(POOLINGS)}"
+                f"stage.pooling={settings['pooling']!r}: expected one of {list(POOLINGS)}"
             )
         if self.num_classes < 2:
             raise ValueError(f"a classifier needs two labels, got {self.hparams['label_names']}")
@@ -208,116 +199,71 @@ class ClassifyTask(GPTTask):
         set_trainable(model, settings["trainable"], settings.get("n_blocks", 1))
         return model
 
-    @classmethod
-    def from_config(
-        cls, cfg: DictConfig, output_dir: Path
-    ) -> tuple[ClassifyTask, ClassificationDataModule]:
-        """The task and its data module; the data is read here, since the head's size is the
-        number of classes it holds, and its splits are saved into the run folder."""
-        model = build_model(cfg.model, cfg.init_from)
-        datamodule = instantiate(
-            cfg.data, context_length=model.config.context_length, output_dir=str(output_dir)
-        )
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        task = cls(
-            plain_config(cfg),
-            asdict(model.config),
-            datamodule.label_names,
-            datamodule.pad_length,
-            model=model,
-        )
-        return task, datamodule
-
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits [B, num_classes] of token ids [B, T] with ``lengths`` real tokens each."""
         return pool_logits(self.model(input_ids), lengths, self.pooling)
 
-    def scores(self, prefix: str) -> ClassificationScores:
-        """The running scores of the ``train``, ``val`` or ``test`` metric prefix."""
-        return getattr(self, f"{prefix}_scores")
-
-    def _scored_loss(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    def _scored_loss(
+        self, batch: dict[str, torch.Tensor], scores: ClassificationScores
+    ) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["lengths"])
-        self.scores(prefix).update(logits.detach(), batch["labels"])
+        scores.update(logits.detach(), batch["labels"])
         return F.cross_entropy(logits, batch["labels"])
 
     def _log_scores(
-        self, prefix: str, name: str, keys: Sequence[str] = ("acc", "f1", "loss")
+        self, scores: ClassificationScores, name: str, keys: Sequence[str] = ("acc", "f1", "loss")
     ) -> dict[str, Any]:
-        """Log and reset the ``prefix`` scores as ``{name}/acc`` and so on; return them."""
-        scores = self.scores(prefix).compute()
-        self.scores(prefix).reset()
+        """Log and reset ``scores`` as ``{name}/acc``, ``{name}/f1``, ``{name}/loss``; return
+        them."""
+        values = scores.compute()
+        scores.reset()
         for key in keys:
-            self.log(f"{name}/{key}", scores[key], prog_bar=key == "acc", sync_dist=False)
-        return scores
+            value = values["accuracy" if key == "acc" else key]
+            self.log(f"{name}/{key}", value, prog_bar=key == "acc", sync_dist=False)
+        return values
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._scored_loss(batch, "train")
+        loss = self._scored_loss(batch, self.train_scores)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
         """Accuracy and F1 of the epoch's training batches (as trained, dropout on); the loss
         is logged per step."""
-        self._log_scores("train", "train", keys=("acc", "f1"))
+        self._log_scores(self.train_scores, "train", keys=("acc", "f1"))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._scored_loss(batch, "val")
+        self._scored_loss(batch, self.val_scores)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", "val")
+        self._log_scores(self.val_scores, "val")
+
+    def on_test_start(self) -> None:
+        """One set of scores per test loader, named by the data module's ``test_splits``."""
+        self.test_splits = list(self.trainer.datamodule.test_splits)
+        self.test_scores = nn.ModuleList(
+            ClassificationScores(self.num_classes) for _ in self.test_splits
+        ).to(self.device)
 
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._scored_loss(batch, METRIC_PREFIX[self.test_splits[dataloader_idx]])
+        self._scored_loss(batch, self.test_scores[dataloader_idx])
 
     def on_test_epoch_end(self) -> None:
-        """Log each tested split: the test split as ``test/*``, the others (re-scored after
-        fitting) as ``best/train/*`` and ``best/val/*``."""
-        self.test_results = {}
-        for split in self.test_splits:
-            prefix = METRIC_PREFIX[split]
-            name = prefix if split == "test" else f"best/{prefix}"
-            self.test_results[split] = self._log_scores(prefix, name)
-
-    def after_fit(self, trainer: L.Trainer, datamodule: ClassificationDataModule) -> None:
-        """Score train, validation and test with the best checkpoint (the last weights when no
-        checkpoint was kept) through ``trainer.test``, which shards them over DDP processes;
-        rank 0 prints the table."""
-        callback = trainer.checkpoint_callback
-        ckpt_path = "best" if callback is not None and callback.best_model_path else None
-        self.test_splits = list(SPLITS)
-        loaders = [datamodule.eval_dataloader(split) for split in SPLITS]
-        try:
-            trainer.test(self, dataloaders=loaders, ckpt_path=ckpt_path, verbose=False)
-        finally:
-            self.test_splits = ["test"]
-        if trainer.is_global_zero:
-            weights = callback.best_model_path if ckpt_path else "the last weights"
-            print_table(
-                f"Scores of {weights}",
-                [
-                    {
-                        "split": split,
-                        "examples": r["examples"],
-                        "accuracy": r["acc"],
-                        "f1": r["f1"],
-                        "loss": r["loss"],
-                    }
-                    for split, r in self.test_results.items()
-                ],
-            )
+        """``test_results``: each split's scores and confusion matrix; logged as ``test/*``,
+        ``best/train/*`` and ``best/val/*`` (see ``test_metric_prefix``)."""
+        self.test_results = {
+            split: self._log_scores(scores, test_metric_prefix(split))
+            for split, scores in zip(self.test_splits, self.test_scores, strict=True)
+        }
 
     def classify(self, texts: Sequence[str], batch_size: int = 8) -> list[Prediction]:
         """The label of each text, prepared as the training texts were (same truncation and
         padding, from the hyperparameters). The task runs in eval mode (no dropout), so a text
         always gets the same probabilities, and is left in the mode it was in."""
         context_length = self.hparams["model_config"]["context_length"]
-        max_length = self.config["data"].get("max_length")
-        # Checkpoints from before the option have no `lowercase` key: their texts were not lowered.
-        lowercase = self.config["data"].get("lowercase", False)
+        max_length, lowercase = self.hparams["max_length"], self.hparams["lowercase"]
         predictions: list[Prediction] = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])

@@ -407,7 +407,7 @@ class InstructDataModule(ResumableDataModule):
         seed: int = 123,
         output_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(output_dir)
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be positive, got {batch_size}")
         if format is not None and format not in FORMATS:
@@ -424,7 +424,6 @@ class InstructDataModule(ResumableDataModule):
         self.num_workers = num_workers
         self.bucket = bucket
         self.seed = seed
-        self.output_dir = output_dir
         self.records: dict[str, list[Record]] = {}
         self.datasets: dict[str, EncodedInstructions] = {}
 
@@ -439,7 +438,15 @@ class InstructDataModule(ResumableDataModule):
         """Read, split and encode the records, and save the splits (first call only).
 
         Training examples left without a target token (see ``_trainable``) are dropped here.
+        Length bucketing is refused with more than one process: the bucketed order is cut into
+        batches for one process, and split across ranks each rank's batch would mix buckets.
         """
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self.bucket and world_size > 1:
+            raise ValueError(
+                f"data.bucket=true works with one process only, but this run has {world_size}; "
+                "set data.bucket=false for multi-device training"
+            )
         if self.records:
             return
         records, train_source = self._read_splits()
@@ -544,6 +551,10 @@ class InstructDataModule(ResumableDataModule):
         """The test split's records, the ones responses are generated and judged for."""
         self._ready()
         return self.records["test"]
+
+    def task_settings(self) -> dict[str, Any]:
+        """The prompt style the task trains and answers in."""
+        return {"prompt_style": self.style.name}
 
     def _collate(self) -> InstructCollate:
         return InstructCollate(max_length=self.limit, mask_prompt=self.mask_prompt)

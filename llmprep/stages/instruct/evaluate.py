@@ -13,31 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.instruct.data import InstructDataModule, write_records
 from llmprep.stages.instruct.judge import Judge, JudgeError
-from llmprep.stages.instruct.task import InstructTask
-from llmprep.training.report import (
-    eval_device,
-    loss_report,
-    print_table,
-    results_path,
-    write_json,
-)
-
-
-@torch.no_grad()
-def masked_loss(task: InstructTask, loader: DataLoader, device: torch.device) -> dict[str, Any]:
-    """Mean cross-entropy over every target token of ``loader`` (``-100`` skipped), with its
-    perplexity: the training loss, measured over the whole split at once."""
-    return loss_report(
-        task.loss_and_tokens({k: v.to(device) for k, v in batch.items()}) for batch in loader
-    )
+from llmprep.stages.instruct.task import RESPONSES_FILE, InstructTask
+from llmprep.training.report import eval_trainer, print_table, results_path, score
+from llmprep.training.task import is_sharded
 
 
 def print_judgement(judged: Mapping[str, Any]) -> None:
@@ -63,7 +49,7 @@ def instruct_datamodule(task: InstructTask, batch_size: int) -> InstructDataModu
     """The checkpoint's run data (same source, split and masking) in the model's prompt style."""
     datamodule = stored_datamodule(
         "instruct",
-        task.config["data"],
+        task.run_config["data"],
         context_length=task.hparams.model_config["context_length"],
         prompt_style=task.style.name,
         batch_size=batch_size,
@@ -73,36 +59,56 @@ def instruct_datamodule(task: InstructTask, batch_size: int) -> InstructDataModu
     return datamodule
 
 
-def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
-    """Loss and perplexity on the test split, the test answers, and with ``eval.judge`` the
-    judge's scores; printed and saved next to the checkpoint (see the module docstring).
+def report(
+    trainer: L.Trainer,
+    task: InstructTask,
+    datamodule: InstructDataModule,
+    ckpt_path: Path | None,
+    cfg: DictConfig,
+    load: bool = True,
+) -> dict[str, Any]:
+    """Test loss and perplexity (``score``), the answers to the test split, and with
+    ``eval.judge`` the judge's scores; rank 0 prints them and saves them in the order they
+    become known (see the module docstring).
 
-    The data is the checkpoint's run data; generation follows this command's ``generation``
-    settings (``generation.limit`` answers only the first records); the judge comes from the
-    ``judge`` group and is built first, so a bad judge setting fails before any work.
+    After fitting (``load``) the answers go to ``<run>/test_responses.json``, otherwise beside
+    the checkpoint. Generation follows ``stage.generation`` (``limit`` answers only the first
+    records; a ``fast_dev_run`` answers as many as it runs batches); the judge comes from the
+    ``judge`` group and is built first, so a bad judge setting fails before any work. Under
+    FSDP the shards are gone after testing, so the answers are left to ``evaluate.py``.
     """
-    judge: Judge | None = instantiate(cfg.judge) if cfg.eval.judge else None
-    device = eval_device(cfg)
-    task = load_task(ckpt_path, "instruct", device)
-    datamodule = instruct_datamodule(task, cfg.eval.batch_size)
-    test = {"records": len(datamodule.test_records)}
-    test |= masked_loss(task, datamodule.test_dataloader(), device)
-    results: dict[str, Any] = {
-        "checkpoint": str(ckpt_path),
-        "prompt_style": task.style.name,
-        "test": test,
+    judge: Judge | None = instantiate(cfg.judge) if OmegaConf.select(cfg, "eval.judge") else None
+    results: dict[str, Any] = {"checkpoint": str(ckpt_path), "prompt_style": task.style.name}
+    weights = ckpt_path.name if ckpt_path else "final weights"
+    results["test"] = {
+        "records": len(datamodule.test_records),
+        **score(trainer, task, datamodule, ckpt_path, load, weights)["test"],
     }
-    print_table(ckpt_path.name, [{"split": "test", **test}])
-    eval_file = write_json(results_path(ckpt_path), results)
+    if not trainer.is_global_zero:
+        return results
+    eval_file = write_json_atomically(results_path(ckpt_path, trainer), results)
     print(f"loss written to {eval_file}")
+    if is_sharded(trainer):
+        print("\nUnder FSDP the shards are gone after testing: answer the test split with")
+        print(f"  python evaluate.py stage=instruct ckpt_path={ckpt_path or '<checkpoint>'}")
+        return results
 
-    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+    task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
+    generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
+    if trainer.fast_dev_run:
+        runs, limit = int(trainer.fast_dev_run), generation.get("limit")
+        generation["limit"] = runs if limit is None else min(runs, limit)
     answered = task.answer_test_split(datamodule.test_records, generation, cfg.seed)
-    responses_file = results_path(ckpt_path, "test_responses")
+    if load:
+        responses_file = Path(trainer.default_root_dir) / RESPONSES_FILE
+    else:
+        responses_file = results_path(ckpt_path, trainer, "test_responses")
     write_records(answered, responses_file)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}
-    write_json(eval_file, results)
-    print(f"{len(answered)} test responses written to {responses_file}")
+    write_json_atomically(eval_file, results)
+    print(f"\n{len(answered)} test responses written to {responses_file}")
+    for row in answered[:3]:
+        print(f"- {row['instruction']!r}\n  -> {row['model_response']!r}")
 
     if judge is not None:
         try:
@@ -111,7 +117,15 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
             raise JudgeError(
                 f"{err}\n(the loss and the test responses are saved: {eval_file}, {responses_file})"
             ) from err
-        write_json(eval_file, results)
+        write_json_atomically(eval_file, results)
         print_judgement(results["judge"])
         print(f"judge scores written to {eval_file}")
     return results
+
+
+def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
+    """:func:`report` on the checkpoint's run data; generation follows this command's
+    ``stage.generation`` settings."""
+    task = load_task(ckpt_path, "instruct")
+    datamodule = instruct_datamodule(task, cfg.eval.batch_size)
+    return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False)

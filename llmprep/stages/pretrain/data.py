@@ -30,6 +30,9 @@ class PretrainDataModule(ResumableDataModule):
     Training windows come in an order drawn from ``seed + epoch`` (``EpochSampler``), and the
     loader's position is saved in checkpoints, so a resumed run sees the same windows in the same
     order as an uninterrupted one; the last partial batch is dropped.
+
+    Testing scores the validation split and each of ``test_files`` (sources, files or globs,
+    e.g. ``evaluate.py``'s ``eval.files``), windowed like the training data.
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class PretrainDataModule(ResumableDataModule):
         hf_split: str = "train",
         hf_text_field: str = "text",
         seed: int = 123,
+        test_files: Sequence[str] = (),
+        output_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(output_dir)
         if split_by not in {"tokens", "characters"}:
             raise ValueError(f"data.split_by={split_by!r}: expected 'tokens' or 'characters'")
         if not paths and not hf_dataset:
@@ -68,6 +73,9 @@ class PretrainDataModule(ResumableDataModule):
         self.hf = (hf_dataset, hf_config, hf_split, hf_text_field) if hf_dataset else None
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
+        self.test_files = (
+            [str(path) for path in resolve_many(list(test_files))] if test_files else []
+        )
 
     def _files(self) -> list[Path]:
         files = resolve_many(self.paths) if self.paths else []
@@ -128,12 +136,27 @@ class PretrainDataModule(ResumableDataModule):
         )
         return self.resume_loader(loader)
 
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        """The validation split (when the run has one), then each test file."""
+        return ("val",) * (self.val_set is not None) + tuple(self.test_files)
+
+    def _loader(self, windows: TokenWindows) -> DataLoader:
         return DataLoader(
-            self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+            windows, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
         )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        sets = [self.val_set] if self.val_set is not None else []
+        for path in self.test_files:
+            tokens = np.asarray(build_token_store([Path(path)]).tokens)
+            sets.append(TokenWindows(tokens, self.max_length, self.stride, path))
+        if not sets:
+            raise ValueError("nothing to test: the run has no validation split and no test files")
+        return [self._loader(windows) for windows in sets]
 
 
 def _encode_documents(documents: Sequence[str]) -> np.ndarray:

@@ -5,58 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+import lightning as L
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
-from llmprep.data.sources import resolve_many
-from llmprep.data.token_store import build_token_store
-from llmprep.data.windows import TokenWindows
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
-from llmprep.training.report import (
-    eval_device,
-    loss_report,
-    print_table,
-    results_path,
-    write_json,
-)
-from llmprep.training.task import lm_loss
+from llmprep.stages.pretrain.task import PretrainTask
+from llmprep.training.report import eval_trainer, results_path, score
+from llmprep.training.task import is_sharded
 
 
-@torch.no_grad()
-def loss_over(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, Any]:
-    """Token-weighted mean next-token loss over a loader, with its perplexity."""
-    return loss_report(
-        (lm_loss(model(inputs.to(device)), targets.to(device)), targets.numel())
-        for inputs, targets in loader
+def report(
+    trainer: L.Trainer,
+    task: PretrainTask,
+    datamodule: L.LightningDataModule,
+    ckpt_path: Path | None,
+    cfg: DictConfig,
+    load: bool = True,
+) -> dict[str, Any]:
+    """Loss and perplexity of each test split (the validation split and any test files),
+    printed and written to ``<checkpoint>.eval.json``; then rank 0 prints the model's samples
+    (not under FSDP, whose shards are gone once testing ends)."""
+    results = score(
+        trainer, task, datamodule, ckpt_path, load, ckpt_path.name if ckpt_path else "final weights"
     )
+    if not trainer.is_global_zero:
+        return results
+    out = write_json_atomically(
+        results_path(ckpt_path, trainer), {"checkpoint": str(ckpt_path), "results": results}
+    )
+    print(f"results written to {out}")
+    if not is_sharded(trainer):
+        task.to(trainer.strategy.root_device)
+        task.print_samples()
+    return results
 
 
 def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
-    """Loss and perplexity on the run's validation split and on ``eval.files``; printed and
-    written to ``<checkpoint>.eval.json``. Windows use the run's ``max_length`` and ``stride``."""
-    device = eval_device(cfg)
-    task = load_task(ckpt_path, "pretrain", device)
+    """:func:`report` on the run's validation split and ``eval.files``, with the run's
+    ``max_length`` and ``stride``."""
+    task = load_task(ckpt_path, "pretrain")
     datamodule = stored_datamodule(
-        "pretrain", task.config["data"], context_length=task.model.config.context_length
+        "pretrain",
+        task.run_config["data"],
+        context_length=task.model.config.context_length,
+        test_files=list(cfg.eval.files),
     )
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    batch = cfg.eval.batch_size
-    sets: dict[str, TokenWindows] = {}
-    if datamodule.val_set is not None:
-        sets["validation"] = datamodule.val_set
-    for path in resolve_many(list(cfg.eval.files)) if cfg.eval.files else []:
-        tokens = np.asarray(build_token_store([path]).tokens)
-        sets[str(path)] = TokenWindows(tokens, datamodule.max_length, datamodule.stride)
-    if not sets:
-        raise ValueError("nothing to evaluate: the run has no validation split and eval.files=[]")
-    results = {
-        name: loss_over(task.model, DataLoader(windows, batch_size=batch), device)
-        for name, windows in sets.items()
-    }
-    print_table(f"{ckpt_path.name}", [{"split": name, **r} for name, r in results.items()])
-    out = write_json(results_path(ckpt_path), {"checkpoint": str(ckpt_path), "results": results})
-    print(f"results written to {out}")
-    return results
+    return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False)

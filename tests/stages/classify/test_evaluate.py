@@ -111,7 +111,7 @@ def test_splits_are_re_derived_identically_without_the_saved_files(
     moved.parent.mkdir(parents=True)
     shutil.copy(run / "checkpoints" / "best.ckpt", moved)
     task = load_task(moved, "classify", torch.device("cpu"))
-    task.config["paths"]["output_dir"] = str(tmp_path / "gone")
+    task.run_config["paths"]["output_dir"] = str(tmp_path / "gone")
     saved, saved_origin = split_datamodule(task, run / "checkpoints" / "best.ckpt", batch_size=8)
     derived, derived_origin = split_datamodule(task, moved, batch_size=8)
 

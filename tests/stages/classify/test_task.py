@@ -10,7 +10,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.model import GPTConfig
@@ -18,7 +18,6 @@ from llmprep.stages.classify.data import encode_texts
 from llmprep.stages.classify.task import ClassifyTask, pool_logits
 from llmprep.training.optim import build_adamw
 
-ROOT = Path(__file__).resolve().parents[1]
 PAD = 50256
 
 
@@ -33,15 +32,14 @@ def make_task(
     """A 3-block, 16-wide classifier with random weights, in eval mode."""
     torch.manual_seed(0)
     config = {
-        "classify": {"pooling": pooling, "trainable": trainable, "n_blocks": n_blocks},
-        "data": {"max_length": None, "lowercase": lowercase},
+        "stage": {"pooling": pooling, "trainable": trainable, "n_blocks": n_blocks},
         "optim": {"lr": 1e-2, "weight_decay": 0.1, "decay_all": True},
         "lora": {"rank": 0, "alpha": 16, "dropout": 0.0},
     }
     model_config = asdict(
         GPTConfig(context_length=32, emb_dim=16, n_layers=3, n_heads=2, dropout=dropout)
     )
-    return ClassifyTask(config, model_config, list(labels)).eval()
+    return ClassifyTask(config, model_config, list(labels), lowercase=lowercase).eval()
 
 
 def test_pooling_reads_the_chosen_position() -> None:
@@ -54,7 +52,7 @@ def test_pooling_reads_the_chosen_position() -> None:
     assert torch.allclose(pool_logits(logits, lengths, "mean"), mean)
     with pytest.raises(ValueError, match="lengths"):
         pool_logits(logits, None, "last_real")
-    with pytest.raises(ValueError, match=r"classify\.pooling='first'"):
+    with pytest.raises(ValueError, match=r"stage\.pooling='first'"):
         pool_logits(logits, lengths, "first")
 
 
@@ -118,9 +116,9 @@ def test_other_trainable_choices() -> None:
     assert {n.split(".")[1] for n in two if n.startswith("blocks.")} == {"1", "2"}
     everything = make_task(trainable="all")
     assert trainable_names(everything) == {n for n, _ in everything.model.named_parameters()}
-    with pytest.raises(ValueError, match=r"classify\.n_blocks=4"):
+    with pytest.raises(ValueError, match=r"stage\.n_blocks=4"):
         make_task(trainable="last_n_blocks", n_blocks=4)
-    with pytest.raises(ValueError, match=r"classify\.trainable='top'"):
+    with pytest.raises(ValueError, match=r"stage\.trainable='top'"):
         make_task(trainable="top")
 
 
@@ -189,14 +187,14 @@ def test_fit_through_the_command_line(tmp_path: Path) -> None:
         "data.text_column=message",
         "data.label_column=kind",
         "data.batch_size=4",
-        "classify.trainable=all",
+        "stage.trainable=all",
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=2",
         f"hydra.run.dir={run}",
         "logger=csv",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Scores of" in result.stdout and "test" in result.stdout
+    assert "best.ckpt (the run's splits" in result.stdout and "accuracy" in result.stdout
     assert "parameters:" in result.stderr + result.stdout
 
     assert (run / "checkpoints" / "best.ckpt").is_file()
@@ -247,11 +245,11 @@ def test_experiments_compose_to_their_documented_settings() -> None:
         "openai-community/gpt2",
         123,
     )
-    assert (book.classify.trainable, book.classify.pooling) == ("last_block", "last")
+    assert (book.stage.trainable, book.stage.pooling) == ("last_block", "last")
     assert (book.optim.lr, book.optim.weight_decay, book.optim.decay_all) == (5e-5, 0.1, True)
     assert (book.trainer.max_epochs, book.data.batch_size, book.data.path) == (5, 8, "sms-spam")
-    assert scratch.init_from is None and scratch.classify.trainable == "all"
-    assert (scratch.model.name, scratch.classify.pooling, scratch.data.lowercase) == (
+    assert scratch.init_from is None and scratch.stage.trainable == "all"
+    assert (scratch.model.name, scratch.stage.pooling, scratch.data.lowercase) == (
         "gpt2-mini",
         "mean",
         True,

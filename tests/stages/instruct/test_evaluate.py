@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FakeJudge, run_cli
+from conftest import ROOT, FakeJudge, run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.stages.instruct.evaluate import evaluate
@@ -20,8 +20,7 @@ from llmprep.stages.instruct.prompts import get_style
 from llmprep.stages.instruct.task import InstructTask
 from llmprep.tokenizer import get_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-GENERATION = ("generation.limit=3", "generation.max_new_tokens=5")
+GENERATION = ("stage.generation.limit=3", "stage.generation.max_new_tokens=5")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
-        "sample.count=0",
+        "stage.sample.count=0",
         *GENERATION,
         "logger=csv",
         f"hydra.run.dir={out}",
@@ -132,8 +131,8 @@ def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(run: Path)
     cfg = compose_evaluate(
         "stage=instruct",
         f"ckpt_path={ckpt}",
-        "generation.limit=1",
-        "generation.max_new_tokens=2",
+        "stage.generation.limit=1",
+        "stage.generation.max_new_tokens=2",
         "eval.judge=true",
         f"judge.url={url}",
         "judge.retries=0",
@@ -147,7 +146,7 @@ def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(run: Path)
 
 def test_a_checkpoint_of_another_stage_is_refused(run: Path, tmp_path: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["config"]["stage"]["name"] = "pretrain"
+    ckpt["config"]["stage"]["name"] = "pretrain"
     other = tmp_path / "pretrain.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="trained by stage 'pretrain'"):

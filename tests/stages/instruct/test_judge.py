@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
-from conftest import FakeJudge
+from conftest import ROOT, FakeJudge
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from llmprep.stages.instruct.judge import Judge, JudgeError, histogram, judge_prompt, parse_score
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 RECORD = {"instruction": "Name a primary colour.", "input": "", "output": "Red."}
 
 

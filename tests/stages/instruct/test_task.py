@@ -7,23 +7,22 @@ import json
 import math
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 from torch import nn
 
 from llmprep.model import GPT, GPTConfig
+from llmprep.run import train
 from llmprep.stages.instruct.data import InstructDataModule
-from llmprep.stages.instruct.task import InstructTask, check_bucket
+from llmprep.stages.instruct.task import InstructTask
 from llmprep.tokenizer import get_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=1, n_heads=2)
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rock", "fish"]
 
@@ -49,9 +48,9 @@ def train_cli(run: Path, *overrides: str) -> subprocess.CompletedProcess:
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1",
-        "sample.max_new_tokens=5",
-        "generation.limit=2",
-        "generation.max_new_tokens=5",
+        "stage.sample.max_new_tokens=5",
+        "stage.generation.limit=2",
+        "stage.generation.max_new_tokens=5",
         "logger=csv",
         f"hydra.run.dir={run}",
         *overrides,
@@ -125,10 +124,9 @@ class ScriptedLM(nn.Module):
         return logits
 
 
-def tiny_task(style: str = "alpaca", bucket: bool = False) -> InstructTask:
+def tiny_task(style: str = "alpaca") -> InstructTask:
     torch.manual_seed(0)
-    config = {"data": {"bucket": bucket}}
-    return InstructTask(config, vars(TINY), prompt_style=style)
+    return InstructTask({}, vars(TINY), prompt_style=style)
 
 
 def test_answer_stops_at_the_end_token_and_follows_a_repeated_response_marker() -> None:
@@ -151,30 +149,22 @@ def test_batched_answers_equal_one_prompt_at_a_time() -> None:
     assert batched == alone
 
 
-def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path) -> None:
-    task = tiny_task()
-    task.config |= {
-        "seed": 1,
-        "generation": {
-            "max_new_tokens": 2,
-            "temperature": 0.0,
-            "top_k": None,
-            "limit": None,
-            "batch_size": 8,
-        },
-    }
-    tested = []
-    trainer = SimpleNamespace(
-        checkpoint_callback=None,
-        test=lambda *args, **kwargs: tested.append(kwargs["ckpt_path"]),
-        is_global_zero=True,
-        strategy=SimpleNamespace(root_device=torch.device("cpu")),
-        default_root_dir=str(tmp_path),
-        fast_dev_run=True,
+def test_fast_dev_run_answers_one_record_per_batch_it_runs(tmp_path: Path, compose_run) -> None:
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(instruction_records(40)), encoding="utf-8")
+    cfg = compose_run(
+        "stage=instruct",
+        "model=gpt2-tiny",
+        "init_from=null",
+        "data=instruct_file",
+        f"data.path={data}",
+        "logger=none",
+        "trainer.fast_dev_run=true",
+        "stage.generation.max_new_tokens=2",
     )
-    task.after_fit(trainer, SimpleNamespace(test_records=instruction_records(5)))
-    assert tested == [None]  # no checkpoint kept: the final weights are tested
-    assert len(json.loads((tmp_path / "test_responses.json").read_text())) == 1
+    train(cfg)
+    answered = json.loads((tmp_path / "run" / "test_responses.json").read_text())
+    assert len(answered) == 1  # no checkpoint kept: the final weights answer one record
 
 
 @pytest.mark.parametrize("bucket", [False, True])
@@ -195,7 +185,7 @@ def test_prompts_that_fill_the_context_never_make_the_logged_training_loss_nan(
         batch_size=1,
         bucket=bucket,
     )
-    task = tiny_task(bucket=bucket)
+    task = tiny_task()
     task.config["optim"] = {"lr": 1e-3, "weight_decay": 0.0}
     trainer = L.Trainer(
         max_epochs=1,
@@ -215,13 +205,22 @@ def test_prompts_that_fill_the_context_never_make_the_logged_training_loss_nan(
     assert all(math.isfinite(loss) for loss in losses)
 
 
-def test_bucketing_is_refused_with_several_processes() -> None:
-    check_bucket(True, 1)
-    check_bucket(False, 4)
-    task = tiny_task(bucket=True)
-    task.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+def test_bucketing_is_refused_with_several_processes(tmp_path: Path) -> None:
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(instruction_records(20)), encoding="utf-8")
+
+    def datamodule(bucket: bool, devices: int) -> InstructDataModule:
+        module = InstructDataModule(path=str(data), bucket=bucket, context_length=64)
+        strategy = "ddp" if devices > 1 else "auto"
+        module.trainer = L.Trainer(
+            accelerator="cpu", devices=devices, strategy=strategy, logger=False
+        )
+        return module
+
+    datamodule(True, 1).setup("fit")
+    datamodule(False, 2).setup("fit")
     with pytest.raises(ValueError, match=r"data\.bucket=true works with one process only.* 2"):
-        task.setup("fit")
+        datamodule(True, 2).setup("fit")
 
 
 def test_a_classifier_head_is_refused() -> None:
@@ -246,7 +245,7 @@ def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2() -> None:
         8,
         "instruction-data",
     )
-    assert cfg.generation.max_new_tokens == 256 and cfg.generation.limit is None
+    assert cfg.stage.generation.max_new_tokens == 256 and cfg.stage.generation.limit is None
     assert compose_train("stage=instruct", "model=gpt2-tiny").model.name == "gpt2-tiny"
 
 

@@ -26,9 +26,9 @@ def test_evaluate_prints_and_writes_loss_and_perplexity(compose_run, tmp_path, m
         f"hydra.run.dir={tmp_path / 'eval'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "perplexity" in result.stdout and "validation" in result.stdout
+    assert "perplexity" in result.stdout and "val" in result.stdout
     report = json.loads((ckpt.parent / "last.eval.json").read_text())
-    val = report["results"]["validation"]
+    val = report["results"]["val"]
     assert math.isclose(val["perplexity"], math.exp(val["loss"]), rel_tol=1e-6)
     assert report["results"][str(extra)]["tokens"] > 0
     with pytest.raises(ValueError, match="trained by stage 'pretrain', not 'classify'"):

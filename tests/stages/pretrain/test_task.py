@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -25,7 +24,7 @@ def make_task(favoured: dict[str, float], **sample: object) -> PretrainTask:
     config = {
         "optim": {"lr": 1e-3},
         "lora": {"rank": 0},
-        "sample": {"prompt": PROMPT, **BOOK, **sample},
+        "stage": {"sample": {"prompt": PROMPT, **BOOK, **sample}},
     }
     model_config = GPTConfig(context_length=64, emb_dim=16, n_layers=1, n_heads=2)
     task = PretrainTask(config, asdict(model_config))
@@ -43,10 +42,9 @@ def make_task(favoured: dict[str, float], **sample: object) -> PretrainTask:
 def test_the_sample_after_training_is_printed_without_trailing_blank_lines(capsys) -> None:
     """A model that writes words and blank lines, as one trained on The Verdict does."""
     task = make_task({"\n": 8.0, "\n\n": 8.0, " had": 7.5, " the": 7.5, " ": 7.0})
-    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(root_device="cpu"))
-    task.after_fit(trainer, None)
+    task.print_samples()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["", "Samples after training:"]
+    assert lines[:2] == ["", "Samples:"]
     greedy, sampled = lines[2:4]
     assert greedy == f"greedy: {PROMPT}"
     assert sampled.startswith(f"{BOOK_LABEL}: {PROMPT} ")
@@ -67,7 +65,7 @@ def test_the_sample_repeats_for_its_seed_and_leaves_the_global_rng_alone() -> No
     first = task.sample_texts()[BOOK_LABEL]
     assert torch.equal(torch.get_rng_state(), state)
     assert task.sample_texts()[BOOK_LABEL] == first
-    task.config["sample"]["seed"] = 7
+    task.config["stage"]["sample"]["seed"] = 7
     assert task.sample_texts()["temperature 1.4, top-k 25, seed 7"] != first
 
 
@@ -91,16 +89,16 @@ def test_sampling_at_each_validation_does_not_change_the_training_losses(
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1",
         "trainer.log_every_n_steps=1",
-        "sample.max_new_tokens=5",
+        "stage.sample.max_new_tokens=5",
     )
     train(compose_run(*run, run_dir=tmp_path / "sampled"))
-    train(compose_run(*run, "sample.temperature=0", run_dir=tmp_path / "greedy"))
+    train(compose_run(*run, "stage.sample.temperature=0", run_dir=tmp_path / "greedy"))
     sampled, greedy = train_losses(tmp_path / "sampled"), train_losses(tmp_path / "greedy")
     assert len(sampled) == 6
     assert sampled == greedy
 
 
 def test_the_default_sample_is_the_books_final_chapter_5_sampling(compose_run) -> None:
-    sample = compose_run().sample
+    sample = compose_run().stage.sample
     assert (sample.prompt, sample.max_new_tokens, sample.temperature) == (PROMPT, 15, 1.4)
     assert (sample.top_k, sample.seed) == (25, 123)
