@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("last_real", "last", "mean")
 TRAINABLE = ("last_block", "last_n_blocks", "head", "all")
-METRIC_PREFIX = {"train": "train", "validation": "val", "test": "test"}
-"""The data module's split names and the prefixes their metrics are logged under."""
 
 
 def pool_logits(
@@ -271,16 +269,15 @@ class ClassifyTask(GPTTask):
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._scored_loss(batch, METRIC_PREFIX[self.test_splits[dataloader_idx]])
+        self._scored_loss(batch, self.test_splits[dataloader_idx])
 
     def on_test_epoch_end(self) -> None:
         """Log each tested split: the test split as ``test/*``, the others (re-scored after
         fitting) as ``best/train/*`` and ``best/val/*``."""
         self.test_results = {}
         for split in self.test_splits:
-            prefix = METRIC_PREFIX[split]
-            name = prefix if split == "test" else f"best/{prefix}"
-            self.test_results[split] = self._log_scores(prefix, name)
+            name = split if split == "test" else f"best/{split}"
+            self.test_results[split] = self._log_scores(split, name)
 
     def after_fit(self, trainer: L.Trainer, datamodule: ClassificationDataModule) -> None:
         """Score train, validation and test with the best checkpoint (the last weights when no

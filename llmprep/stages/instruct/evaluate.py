@@ -18,8 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
-from llmprep.stages.instruct.data import InstructDataModule, write_records
+from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.judge import Judge, JudgeError
 from llmprep.stages.instruct.task import InstructTask
 from llmprep.training.report import (
@@ -99,7 +100,7 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
     answered = task.answer_test_split(datamodule.test_records, generation, cfg.seed)
     responses_file = results_path(ckpt_path, "test_responses")
-    write_records(answered, responses_file)
+    write_json_atomically(responses_file, answered)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}
     write_json(eval_file, results)
     print(f"{len(answered)} test responses written to {responses_file}")
