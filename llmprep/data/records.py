@@ -84,7 +84,17 @@ class Origin:
         if self.format in _LINED:
             records = _scan(Path(self.path), self.format, self.columns)
             line = next(itertools.islice(records, index, None), (None, None))[0]
-        return DataError(self.path, line, field, f"record {index}: {message}")
+        return _record_error(self.path, self.format, line, index, field, message)
+
+
+def _record_error(
+    path: str | Path, fmt: str | None, line: int | None, index: int, field: str | None, message: str
+) -> DataError:
+    """A ``DataError`` about record ``index``: a CSV or TSV row is named by its line, a record of
+    the other formats by its index too, since a JSON list or a hub dataset has no lines."""
+    if fmt not in ("csv", "tsv"):
+        message = f"record {index}: {message}"
+    return DataError(path, line, field, message)
 
 
 def file_format(path: Path, format: str | None = None) -> str:
@@ -214,7 +224,7 @@ def _record(
         if not isinstance(value, str):
             raise origin.error(index, key, f"expected a string, got {value!r:.80}")
         if name in nonblank and not value.strip():
-            raise origin.error(index, key, "empty")
+            raise origin.error(index, key, f"empty {name}")
         record[name] = value
     return record
 
@@ -321,10 +331,11 @@ def _scan(
     for index, (line, item) in enumerate(items):
         if not isinstance(item, dict):
             kind = type(item).__name__
-            raise DataError(path, line, None, f"record {index}: expected an object, got {kind}")
+            raise _record_error(path, fmt, line, index, None, f"expected an object, got {kind}")
         for key, value in item.items():
             if _UNDECODABLE.search(key + (value if isinstance(value, str) else "")):
-                raise DataError(path, line, key, f"record {index}: holds bytes that are not UTF-8")
+                message = "holds bytes that are not UTF-8"
+                raise _record_error(path, fmt, line, index, key, message)
         yield line, item
 
 

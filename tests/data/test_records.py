@@ -93,7 +93,7 @@ def test_local_files_leave_nothing_in_any_cache(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "line", "column", "message"),
     [
-        ("quoted.csv", b'text,label\n"a\nb",x\n"c\n\nd",y\n,z\n', 7, "text", "record 2: empty"),
+        ("quoted.csv", b'text,label\n"a\nb",x\n"c\n\nd",y\n,z\n', 7, "text", "empty text"),
         ("long.csv", b"text,label\nhello,a\nx,y,z\n", 3, None, "3 fields"),
         ("unclosed.csv", b'text,label\nhello,a\n"open,b\nmore\n', 3, None, "malformed CSV"),
         ("none.tsv", b"text\tlabel\n", None, None, "holds no records"),

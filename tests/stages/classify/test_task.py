@@ -10,7 +10,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.model import GPTConfig
@@ -18,7 +18,6 @@ from llmprep.stages.classify.data import encode_texts
 from llmprep.stages.classify.task import ClassifyTask, pool_logits
 from llmprep.training.optim import build_adamw
 
-ROOT = Path(__file__).resolve().parents[1]
 PAD = 50256
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FakeJudge, run_cli
+from conftest import ROOT, FakeJudge, run_cli
 from hydra import compose, initialize_config_dir
 
 from llmprep.stages.instruct.evaluate import evaluate
@@ -20,7 +20,6 @@ from llmprep.stages.instruct.prompts import get_style
 from llmprep.stages.instruct.task import InstructTask
 from llmprep.tokenizer import get_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 GENERATION = ("generation.limit=3", "generation.max_new_tokens=5")
 
 
