@@ -19,10 +19,15 @@ from llmprep.data.records import (
 )
 
 FIELDS = {"text": "text", "label": "label"}
+INSTRUCT = {"instruction": "instruction", "input": "input", "output": "output"}
 
 
 def rows(n: int) -> list[dict[str, str]]:
     return [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(n)]
+
+
+def instructions(n: int) -> list[dict[str, str]]:
+    return [{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(n)]
 
 
 def read(path: Path, **kwargs) -> list[dict[str, str]]:
@@ -111,6 +116,51 @@ def test_bad_files_name_the_line_of_the_record(
     with pytest.raises(DataError, match=message) as caught:
         read(path)
     assert (caught.value.path, caught.value.line, caught.value.column) == (path, line, column)
+
+
+def test_missing_field_names_file_record_and_field(tmp_path: Path) -> None:
+    data = instructions(4)
+    del data[2]["output"]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.json, column 'output': record 2: missing") as err:
+        read_records(path, INSTRUCT)
+    assert err.value.path == path
+
+
+def test_non_string_field_in_jsonl_names_line_and_record(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps(r) for r in instructions(2)]
+    lines += ["", json.dumps({**instructions(1)[0], "input": None})]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(DataError, match=r"d\.jsonl, line 4, column 'input': record 2: .*None"):
+        read_records(path, INSTRUCT)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("empty.json", " \n", r"empty\.json: the file is empty"),
+        ("none.json", "[]", r"none\.json: the file holds no records"),
+        ("bad.json", '[\n {"instruction": "a",,}\n]', r"bad\.json, line 2: invalid JSON at column"),
+        ("lines.json", '{"a": 1}\n{"a": 2}\n', r"lines\.json, line 2: .*data\.format=jsonl"),
+        ("bad.jsonl", '{"a": 1}\n{"a": \n', r"bad\.jsonl, line 2: invalid JSON"),
+        ("obj.json", '{"instruction": "a"}', r"obj\.json: expected a JSON list of records"),
+        ("str.json", '["just text"]', r"str\.json: record 0: expected an object, got str"),
+    ],
+)
+def test_bad_file_gets_one_clear_error(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_records(path, INSTRUCT)
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[\n{"instruction": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"d\.json, line 2: byte 22 is not UTF-8"):
+        read_records(path, INSTRUCT)
 
 
 def test_the_format_is_named_or_read_off_the_suffix(tmp_path: Path) -> None:

@@ -58,15 +58,6 @@ def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str
     return names
 
 
-def read_instructions(
-    path: str | Path, format: str | None = None, fields: Mapping[str, str | None] | None = None
-) -> list[Record]:
-    """Every record of one file or hub dataset as ``{instruction, input, output}`` strings (see
-    ``read_records``). Empty strings are accepted: an empty input is the common case, and
-    whether an empty output is a mistake depends on the data."""
-    return read_records(path, field_names(fields), format)[1]
-
-
 def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:
     """``(token ids of prompt + response, prompt token count)`` for each record.
 
@@ -239,7 +230,10 @@ class InstructDataModule(ResumableDataModule):
         self.records = records
 
     def _read(self, path: str | Path) -> list[Record]:
-        return read_instructions(path, self.format, self.fields)
+        """The records of one file or hub dataset (``read_records``). Empty strings are
+        accepted: an empty input is the common case, and whether an empty output is a mistake
+        depends on the data."""
+        return read_records(path, self.fields, self.format)[1]
 
     def _report_lengths(self) -> None:
         """Log how many training examples the truncation cuts."""

@@ -15,12 +15,12 @@ from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
 from llmprep.data.errors import DataError
-from llmprep.data.records import split_records
+from llmprep.data.records import read_records
 from llmprep.stages.instruct.data import (
     InstructDataModule,
     collate_instruct,
+    field_names,
     has_target,
-    read_instructions,
 )
 from llmprep.tokenizer import get_tokenizer
 
@@ -177,16 +177,6 @@ def test_a_training_split_left_without_targets_names_the_file_and_settings(
     assert len(kept.datasets["train"]) == 5
 
 
-def test_split_uses_the_books_integer_arithmetic() -> None:
-    parts = split_records(records(101), {"train": 0.85, "test": 0.10}, "data")
-    assert [len(parts[s]) for s in ("train", "test", "val")] == [85, 10, 6]
-
-
-def test_split_that_leaves_a_part_empty_is_an_error() -> None:
-    with pytest.raises(DataError, match="5 records leave the test split empty"):
-        split_records(records(5), {"train": 0.85, "test": 0.10}, "data")
-
-
 # --- other inputs ----------------------------------------------------------------------------
 
 
@@ -194,16 +184,9 @@ def test_jsonl_with_renamed_fields_and_no_input(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     lines = [json.dumps({"q": f"Question {i}?", "a": f"Answer {i}.", "id": i}) for i in range(3)]
     path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
-    got = read_instructions(path, fields={"instruction": "q", "input": None, "output": "a"})
+    got = read_records(path, field_names({"instruction": "q", "input": None, "output": "a"}))[1]
     assert got[2] == {"instruction": "Question 2?", "input": "", "output": "Answer 2."}
     assert len(got) == 3
-
-
-def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
-    path = tmp_path / "r.jsonl"
-    record = {"instruction": "Say hi\u2028twice", "input": "a\x85b", "output": "hi\u2029hi"}
-    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-    assert read_instructions(path) == [record]
 
 
 def test_split_folder_is_used_as_given(tmp_path: Path) -> None:
@@ -229,52 +212,6 @@ def test_hub_dataset_offline_says_to_pass_a_path(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"tatsu-lab/alpaca.*data\.path="):
         InstructDataModule(path="hf:tatsu-lab/alpaca").prepare_data()
-
-
-# --- bad input: one clear error naming the file and the record -------------------------------
-
-
-def test_missing_field_names_file_record_and_field(tmp_path: Path) -> None:
-    data = records(4)
-    del data[2]["output"]
-    path = write_json(tmp_path / "d.json", data)
-    with pytest.raises(DataError, match=r"d\.json, column 'output': record 2: missing") as err:
-        read_instructions(path)
-    assert err.value.path == path
-
-
-def test_non_string_field_in_jsonl_names_line_and_record(tmp_path: Path) -> None:
-    path = tmp_path / "d.jsonl"
-    rows = [json.dumps(r) for r in records(2)] + ["", json.dumps({**records(1)[0], "input": None})]
-    path.write_text("\n".join(rows), encoding="utf-8")
-    with pytest.raises(DataError, match=r"d\.jsonl, line 4, column 'input': record 2: .*None"):
-        read_instructions(path)
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "message"),
-    [
-        ("empty.json", " \n", r"empty\.json: the file is empty"),
-        ("none.json", "[]", r"none\.json: the file holds no records"),
-        ("bad.json", '[\n {"instruction": "a",,}\n]', r"bad\.json, line 2: invalid JSON at column"),
-        ("lines.json", '{"a": 1}\n{"a": 2}\n', r"lines\.json, line 2: .*data\.format=jsonl"),
-        ("bad.jsonl", '{"a": 1}\n{"a": \n', r"bad\.jsonl, line 2: invalid JSON"),
-        ("obj.json", '{"instruction": "a"}', r"obj\.json: expected a JSON list of records"),
-        ("str.json", '["just text"]', r"str\.json: record 0: expected an object, got str"),
-    ],
-)
-def test_bad_file_gets_one_clear_error(tmp_path: Path, name: str, text: str, message: str) -> None:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(DataError, match=message):
-        read_instructions(path)
-
-
-def test_bytes_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "d.json"
-    path.write_bytes(b'[\n{"instruction": "caf\xe9"}]')
-    with pytest.raises(DataError, match=r"d\.json, line 2: byte 22 is not UTF-8"):
-        read_instructions(path)
 
 
 def test_bad_settings_fail_at_construction() -> None:
