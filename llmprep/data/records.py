@@ -280,7 +280,9 @@ def _load(origin: Origin, keys: Sequence[str]) -> list[dict[str, Any]]:
     except Exception as err:
         if fmt != "parquet" and not sum(1 for _ in _scan(path, fmt, origin.columns, keys)):
             raise DataError(path, None, None, "the file holds no records") from err
-        raise DataError(path, None, None, f"cannot read it as {fmt}: {err}") from err
+        raise DataError(
+            path, None, None, f"cannot read it as {fmt}: {err.__cause__ or err}"
+        ) from err
 
 
 @contextmanager
