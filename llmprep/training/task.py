@@ -28,6 +28,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 
+from llmprep.data.records import SPLITS
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import equal_length_batches, generate
 from llmprep.model.init import load_lora_base
@@ -58,9 +59,6 @@ def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
 
 IGNORE_INDEX = -100
 """The target id cross-entropy skips: padding, and masked prompts."""
-
-SPLITS = ("train", "val", "test")
-"""The split names every data module uses."""
 
 
 def test_metric_prefix(split: str) -> str:

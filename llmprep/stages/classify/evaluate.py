@@ -1,7 +1,7 @@
 """Evaluation of a classifier checkpoint: accuracy, F1 and confusion matrix of every split, or
 the labels of given texts (``eval.text``, ``eval.texts_file``).
 
-The splits are the run's own: the ``train``/``validation``/``test`` CSVs the data module saved
+The splits are the run's own: the ``train``/``val``/``test`` CSVs the data module saved
 in the run folder when they are there (the exact examples trained on, whatever happened to the
 source since), else re-derived from the run's data config and seed (the same examples as long
 as the source file is unchanged); the JSON names which was used.
@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from llmprep.data.records import SPLIT_STEMS
 from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.classify.data import SPLITS, ClassificationDataModule
@@ -29,7 +30,9 @@ def saved_splits(ckpt_path: Path, config: dict[str, Any]) -> Path | None:
     recorded = config.get("paths", {}).get("output_dir")
     candidates = [ckpt_path.parent.parent] + ([Path(recorded)] if recorded else [])
     for folder in candidates:
-        if all((folder / f"{split}.csv").is_file() for split in SPLITS):
+        if all(
+            any((folder / f"{s}.csv").is_file() for s in SPLIT_STEMS[split]) for split in SPLITS
+        ):
             return folder
     return None
 

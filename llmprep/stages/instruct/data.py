@@ -2,7 +2,7 @@
 
 The default source is the book's chapter 7 ``instruction-data.json`` (1,100 records with
 ``instruction``, ``input`` and ``output``), split in file order 85 / 10 / 5 into train / test /
-validation exactly as the book does: 935 / 110 / 55. Any JSON list or JSON-lines file of such
+val exactly as the book does: 935 / 110 / 55. Any file ``llmprep.data.records`` reads with such
 records (field names configurable), a folder already split into train / val / test files, or a
 Hugging Face hub dataset (``hf:tatsu-lab/alpaca``) goes through the same path.
 
@@ -13,7 +13,6 @@ A batch is ``{"input_ids": LongTensor[B, T], "targets": LongTensor[B, T]}`` buil
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,28 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from llmprep.data.errors import DataError
+from llmprep.data.records import (
+    Record,
+    check_fractions,
+    fetch,
+    read_records,
+    read_splits,
+    write_splits,
+)
 from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
-from llmprep.data.sources import SOURCES, resolve
 from llmprep.data.windows import truncation_limit
-from llmprep.files import write_json_atomically
 from llmprep.stages.instruct.prompts import PromptStyle, get_style
 from llmprep.tokenizer import get_tokenizer
+from llmprep.training.task import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "input", "output")
-SPLITS = ("train", "val", "test")
-FORMATS = ("json", "jsonl")
-SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-SPLIT_FILE_STEMS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
-HUB_PREFIX = "hf:"
 EOT_ID = 50256
-IGNORE_INDEX = -100
-
-Record = dict[str, str]
 
 
 def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
@@ -59,210 +57,6 @@ def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str
             raise ValueError(f"data.fields.{name} must name a key; only input may be null")
         names[name] = key
     return names
-
-
-def file_format(path: Path, format: str | None = None) -> str:
-    """``format`` when given, else ``jsonl`` for ``.jsonl``/``.ndjson`` names, else ``json``."""
-    if format is not None:
-        if format not in FORMATS:
-            raise ValueError(f"{path}: data.format {format!r} is not one of {list(FORMATS)}")
-        return format
-    return SUFFIX_FORMATS.get(path.suffix.lower(), "json")
-
-
-def read_records(
-    path: str | Path,
-    format: str | None = None,
-    fields: Mapping[str, str | None] | None = None,
-) -> list[Record]:
-    """Every record of a JSON list or JSON-lines file as ``{instruction, input, output}`` strings.
-
-    Keys other than the three fields are dropped. Problems raise one ``DataError`` naming the
-    file, the record index (and for JSON lines the line), and the field: an empty file, invalid
-    JSON (with its line and column), a record that is not an object, a missing field, a field
-    that is not a string. Empty strings are accepted: an empty input is the common case, and
-    whether an empty output is a mistake depends on the data.
-    """
-    path = Path(path)
-    fmt = file_format(path, format)
-    names = field_names(fields)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(path, None, None, f"cannot read the file ({err.strerror})") from err
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(path, line, None, f"byte {err.start} is not UTF-8") from err
-    if not text.strip():
-        raise DataError(path, None, None, "the file is empty")
-    items = _jsonl_items(path, text) if fmt == "jsonl" else _json_items(path, text)
-    records = [
-        to_record(path, line, index, item, names) for index, (line, item) in enumerate(items)
-    ]
-    if not records:
-        raise DataError(path, None, None, "the file holds no records")
-    return records
-
-
-def _json_items(path: Path, text: str) -> list[tuple[None, Any]]:
-    """The elements of a file holding one JSON list (no line numbers: records are indexed)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        hint = " (JSON lines? name the file .jsonl or pass data.format=jsonl)"
-        raise DataError(
-            path,
-            err.lineno,
-            None,
-            f"invalid JSON at column {err.colno}: {err.msg}"
-            + (hint if err.msg == "Extra data" else ""),
-        ) from err
-    if not isinstance(data, list):
-        raise DataError(
-            path, None, None, f"expected a JSON list of records, got {type(data).__name__}"
-        )
-    return [(None, item) for item in data]
-
-
-def _jsonl_items(path: Path, text: str) -> list[tuple[int, Any]]:
-    """``(line, value)`` for each non-blank line of a JSON-lines text."""
-    items = []
-    for line, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            items.append((line, json.loads(raw)))
-        except json.JSONDecodeError as err:
-            raise DataError(
-                path, line, None, f"invalid JSON at column {err.colno}: {err.msg}"
-            ) from err
-    return items
-
-
-def to_record(
-    source: str | Path,
-    line: int | None,
-    index: int,
-    item: Any,
-    names: Mapping[str, str | None],
-) -> Record:
-    """The canonical record of one source item, or a ``DataError`` at its first bad field."""
-    if not isinstance(item, Mapping):
-        raise DataError(
-            source, line, None, f"record {index}: expected an object, got {type(item).__name__}"
-        )
-    record: Record = {}
-    for name, key in names.items():
-        if key is None:
-            record[name] = ""
-            continue
-        if key not in item:
-            raise DataError(
-                source, line, key, f"record {index}: missing; the record has {sorted(item)}"
-            )
-        value = item[key]
-        if not isinstance(value, str):
-            raise DataError(
-                source, line, key, f"record {index}: expected a string, got {value!r:.80}"
-            )
-        record[name] = value
-    return record
-
-
-def read_hub_records(name: str, fields: Mapping[str, str | None] | None = None) -> list[Record]:
-    """The ``train`` split of a Hugging Face hub dataset as canonical records.
-
-    Any failure to load (offline, unknown name, no network) becomes one ``DataError`` that says
-    how to go on without the hub: pass the dataset's own JSON file as ``data.path``.
-    """
-    from datasets import load_dataset
-
-    names = field_names(fields)
-    source = f"{HUB_PREFIX}{name}"
-    try:
-        dataset = load_dataset(name, split="train")
-    except Exception as err:
-        raise DataError(
-            source,
-            None,
-            None,
-            f"cannot load {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Without a network, download its JSON file (for tatsu-lab/alpaca: alpaca_data.json "
-            "from github.com/tatsu-lab/stanford_alpaca) and pass data.path=/path/to/that/file",
-        ) from err
-    return [to_record(source, None, i, row, names) for i, row in enumerate(dataset)]
-
-
-def split_records(
-    records: Sequence[Record], split: Sequence[float] = (0.85, 0.10), source: str | Path = "data"
-) -> dict[str, list[Record]]:
-    """``{"train", "val", "test"}`` cut in file order with the book's integer arithmetic.
-
-    ``split`` is ``(train fraction, test fraction)``; validation takes the rest:
-    ``train_end = int(n * 0.85)``, ``test_end = train_end + int(n * 0.10)``, so 1,100 records
-    give 935 train, 110 test and 55 validation records. An empty split is an error.
-    """
-    train_fraction, test_fraction = check_split(split)
-    n = len(records)
-    train_end = int(n * train_fraction)
-    test_end = train_end + int(n * test_fraction)
-    splits = {
-        "train": list(records[:train_end]),
-        "val": list(records[test_end:]),
-        "test": list(records[train_end:test_end]),
-    }
-    for name, part in splits.items():
-        if not part:
-            raise DataError(
-                source,
-                None,
-                None,
-                f"{n} records leave the {name} split empty (split={list(split)})",
-            )
-    return splits
-
-
-def check_split(split: Sequence[float]) -> tuple[float, float]:
-    """``(train fraction, test fraction)``, both positive and summing below 1."""
-    if len(split) != 2:
-        raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
-    train_fraction, test_fraction = float(split[0]), float(split[1])
-    if not (train_fraction > 0 and test_fraction > 0 and train_fraction + test_fraction < 1):
-        raise ValueError(
-            "data.split needs 0 < train, 0 < test and train + test < 1 (validation takes the "
-            f"rest), got {list(split)}"
-        )
-    return train_fraction, test_fraction
-
-
-def find_split_files(folder: Path) -> dict[str, Path]:
-    """The train / val (or validation) / test files of an already split folder.
-
-    Each split needs exactly one file named after it with a ``.json``, ``.jsonl`` or
-    ``.ndjson`` suffix.
-    """
-    found: dict[str, Path] = {}
-    for split, stems in SPLIT_FILE_STEMS.items():
-        matches = [folder / f"{stem}{suffix}" for stem in stems for suffix in SUFFIX_FORMATS]
-        matches = [p for p in matches if p.is_file()]
-        if len(matches) != 1:
-            listed = "none" if not matches else ", ".join(p.name for p in matches)
-            wanted = "/".join(stems)
-            raise DataError(
-                folder,
-                None,
-                None,
-                f"a split folder needs exactly one {wanted}.json/.jsonl file, found {listed}",
-            )
-        found[split] = matches[0]
-    return found
-
-
-def write_records(records: Sequence[Record], path: str | Path) -> None:
-    """``records`` as an indented JSON list, written to a temporary name and then renamed."""
-    write_json_atomically(path, list(records))
 
 
 def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:
@@ -351,27 +145,15 @@ class InstructCollate:
         )
 
 
-class EncodedInstructions(Dataset):
-    """One split's encoded examples; items are ``(token ids, prompt length)``."""
-
-    def __init__(self, examples: list[tuple[list[int], int]]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
-        return self.examples[index]
-
-
 class InstructDataModule(ResumableDataModule):
-    """Train / validation / test batches of instruction records for supervised fine-tuning.
+    """Train / val / test batches of instruction records for supervised fine-tuning.
 
-    ``path``: a source name (``instruction-data``, resolved by ``llmprep.data.sources``), a JSON
-    list or JSON-lines file (``format`` forces one), a folder holding ``train``, ``val`` (or
-    ``validation``) and ``test`` files used as given, or ``hf:<dataset>`` for a Hugging Face
-    hub dataset (its ``train`` split). ``fields`` renames the source keys (see ``field_names``).
-    A single file or hub dataset is split in file order by ``split`` (see ``split_records``).
+    ``path``: a source name (``instruction-data``, resolved by ``llmprep.data.sources``), a file
+    that ``llmprep.data.records`` reads (``format`` forces one), a folder holding ``train``,
+    ``val`` (or ``validation``) and ``test`` files used as given, or ``hf:<dataset>`` for a
+    Hugging Face hub dataset (its ``train`` split). ``fields`` renames the source keys (see
+    ``field_names``). A single file or hub dataset is split in file order by ``split``, the
+    ``[train, test]`` fractions (see ``split_records``).
 
     ``prompt_style`` names a style in ``llmprep.stages.instruct.prompts``. Examples are cut to
     ``min(max_length, context_length)`` tokens at batching time (the book's 1024).
@@ -382,13 +164,13 @@ class InstructDataModule(ResumableDataModule):
     Training batches are shuffled with ``seed`` and the epoch, resumably (``EpochSampler``);
     the last partial batch is dropped as in the book, unless it would be the only one.
     ``bucket`` groups training examples of similar length (``EpochSampler``'s bucketed order).
-    Validation and test batches keep file order.
+    Val and test batches keep file order.
 
     ``context_length`` and ``output_dir`` come from the stage; with ``output_dir`` the splits are
     saved there as ``train.json``, ``val.json`` and ``test.json`` with the canonical field names
     (a folder that reads back as split input with the default ``fields``). The raw records stay
-    available as ``train_records``, ``val_records`` and ``test_records`` for generating and
-    judging responses.
+    available in ``records`` (``val_records`` and ``test_records``) for generating and judging
+    responses.
     """
 
     def __init__(
@@ -408,13 +190,12 @@ class InstructDataModule(ResumableDataModule):
         output_dir: str | None = None,
     ) -> None:
         super().__init__(output_dir)
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
-        if format is not None and format not in FORMATS:
-            raise ValueError(f"data.format {format!r} is not one of {list(FORMATS)}")
+        if len(split) != 2:
+            raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
         self.style = get_style(prompt_style)
         self.fields = field_names(fields)
-        self.split = check_split(split)
+        self.fractions = check_fractions({"train": split[0], "test": split[1]}, "data.split")
+        self.split = tuple(self.fractions.values())
         self.limit = truncation_limit(context_length, max_length)
         self.max_length, self.context_length = max_length, context_length
         self.path = str(path)
@@ -425,14 +206,12 @@ class InstructDataModule(ResumableDataModule):
         self.bucket = bucket
         self.seed = seed
         self.records: dict[str, list[Record]] = {}
-        self.datasets: dict[str, EncodedInstructions] = {}
+        # Each split's ``(token ids, prompt length)`` items, a dataset as DataLoader takes it.
+        self.datasets: dict[str, list[tuple[list[int], int]]] = {}
 
     def prepare_data(self) -> None:
         """Fetch the source once: a download or mirror check, or the hub dataset into its cache."""
-        if self.path.startswith(HUB_PREFIX):
-            read_hub_records(self.path.removeprefix(HUB_PREFIX), self.fields)
-        elif not self._is_folder():
-            resolve(self.path)
+        fetch(self.path)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and encode the records, and save the splits (first call only).
@@ -449,35 +228,24 @@ class InstructDataModule(ResumableDataModule):
             )
         if self.records:
             return
-        records, train_source = self._read_splits()
-        for split in SPLITS:
-            self.datasets[split] = EncodedInstructions(encode_records(records[split], self.style))
+        records, train_source = read_splits(self.path, self._read, self.fractions)
+        for split, part in records.items():
+            self.datasets[split] = encode_records(part, self.style)
         self._report_lengths()
         self.datasets["train"] = self._trainable(self.datasets["train"], train_source)
         if self.output_dir is not None:
-            for split in SPLITS:
-                write_records(records[split], Path(self.output_dir) / f"{split}.json")
+            write_splits(records, self.output_dir, ".json")
         self.records = records
 
-    def _is_folder(self) -> bool:
-        return self.path not in SOURCES and Path(self.path).expanduser().is_dir()
-
-    def _read_splits(self) -> tuple[dict[str, list[Record]], str | Path]:
-        """The records of each split, and where the training split was read from."""
-        if self.path.startswith(HUB_PREFIX):
-            records = read_hub_records(self.path.removeprefix(HUB_PREFIX), self.fields)
-            return split_records(records, self.split, self.path), self.path
-        if self._is_folder():
-            files = find_split_files(Path(self.path).expanduser())
-            splits = {s: read_records(files[s], self.format, self.fields) for s in SPLITS}
-            return splits, files["train"]
-        source = resolve(self.path)
-        records = read_records(source, self.format, self.fields)
-        return split_records(records, self.split, source), source
+    def _read(self, path: str | Path) -> list[Record]:
+        """The records of one file or hub dataset (``read_records``). Empty strings are
+        accepted: an empty input is the common case, and whether an empty output is a mistake
+        depends on the data."""
+        return read_records(path, self.fields, self.format)[1]
 
     def _report_lengths(self) -> None:
         """Log how many training examples the truncation cuts."""
-        examples = self.datasets["train"].examples
+        examples = self.datasets["train"]
         cut = sum(len(ids) > self.limit for ids, _ in examples)
         if cut:
             log.info(
@@ -487,7 +255,9 @@ class InstructDataModule(ResumableDataModule):
                 self.limit,
             )
 
-    def _trainable(self, dataset: EncodedInstructions, source: str | Path) -> EncodedInstructions:
+    def _trainable(
+        self, examples: list[tuple[list[int], int]], source: str | Path
+    ) -> list[tuple[list[int], int]]:
         """The training examples that keep a target token (``has_target``); the others are
         counted in a warning, and a split left empty is a ``DataError`` naming ``source``.
 
@@ -495,17 +265,16 @@ class InstructDataModule(ResumableDataModule):
         and a batch of only such examples has a NaN loss (0 / 0 tokens) that AdamW would still
         step on. Decision: they are dropped once here, so every process and every accumulated
         step sees the same batches, rather than skipped in ``training_step``, which DDP and
-        gradient accumulation do not allow. Only training is filtered: ``train_records`` and
-        the saved ``train.json`` keep the split as read, and validation and test keep every
-        record (their losses already skip batches without targets, and their records are
-        answered).
+        gradient accumulation do not allow. Only training is filtered: ``records["train"]`` and
+        the saved ``train.json`` keep the split as read, and val and test keep every record
+        (their losses already skip batches without targets, and their records are answered).
         """
         kept = [
             (ids, prompt)
-            for ids, prompt in dataset.examples
+            for ids, prompt in examples
             if has_target(len(ids), prompt, self.limit, self.mask_prompt)
         ]
-        dropped = len(dataset) - len(kept)
+        dropped = len(examples) - len(kept)
         settings = (
             f"data.max_length={self.max_length}, context_length="
             f"{self.context_length}, data.mask_prompt={self.mask_prompt}"
@@ -524,25 +293,19 @@ class InstructDataModule(ResumableDataModule):
                 "%d of %d training examples have no target token and are dropped: their "
                 "prompts fill all %d tokens (%s)",
                 dropped,
-                len(dataset),
+                len(examples),
                 self.limit,
                 settings,
             )
-        return EncodedInstructions(kept)
+        return kept
 
     def _ready(self) -> None:
         if not self.records:
             raise RuntimeError("InstructDataModule: call setup() before reading its data")
 
     @property
-    def train_records(self) -> list[Record]:
-        """The training split's records (``instruction``, ``input``, ``output``)."""
-        self._ready()
-        return self.records["train"]
-
-    @property
     def val_records(self) -> list[Record]:
-        """The validation split's records."""
+        """The val split's records, the ones validation answers a few of."""
         self._ready()
         return self.records["val"]
 
@@ -564,7 +327,7 @@ class InstructDataModule(ResumableDataModule):
         ``bucket``), resumable mid-epoch (``EpochSampler``)."""
         self._ready()
         dataset = self.datasets["train"]
-        lengths = [len(ids) for ids, _ in dataset.examples] if self.bucket else None
+        lengths = [len(ids) for ids, _ in dataset] if self.bucket else None
         sampler = EpochSampler(len(dataset), self.seed, self.batch_size, lengths)
         loader = ResumableLoader(
             dataset,

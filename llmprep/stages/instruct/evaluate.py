@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
-from llmprep.stages.instruct.data import InstructDataModule, write_records
+from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.judge import Judge, JudgeError
 from llmprep.stages.instruct.task import RESPONSES_FILE, InstructTask
 from llmprep.training.report import eval_trainer, print_table, results_path, score
@@ -103,7 +103,7 @@ def report(
         responses_file = Path(trainer.default_root_dir) / RESPONSES_FILE
     else:
         responses_file = results_path(ckpt_path, trainer, "test_responses")
-    write_records(answered, responses_file)
+    write_json_atomically(responses_file, answered)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}
     write_json_atomically(eval_file, results)
     print(f"\n{len(answered)} test responses written to {responses_file}")

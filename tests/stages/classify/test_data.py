@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from llmprep.data.errors import DataError
 from llmprep.stages.classify.data import ClassificationDataModule, encode_texts, read_examples
 
-ROOT = Path(__file__).resolve().parents[1]
 PAD = 50256
 
 
@@ -46,14 +46,14 @@ def test_sms_spam_config_gives_the_books_balanced_splits(mirror: Path, tmp_path:
     dm.prepare_data()
     dm.setup("fit")
 
-    assert [len(dm.datasets[s]) for s in ("train", "validation", "test")] == [1045, 149, 300]
-    everything = dm.splits.train + dm.splits.validation + dm.splits.test
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [1045, 149, 300]
+    everything = dm.splits["train"] + dm.splits["val"] + dm.splits["test"]
     assert Counter(ex.label for ex in everything) == {"ham": 747, "spam": 747}
     assert dm.label_names == ["ham", "spam"] and dm.num_classes == 2
-    ids = [dm.datasets["train"][i][1] for i in range(len(dm.splits.train))]
-    assert ids == [int(ex.label == "spam") for ex in dm.splits.train]
+    ids = [dm.datasets["train"][i][1] for i in range(len(dm.splits["train"]))]
+    assert ids == [int(ex.label == "spam") for ex in dm.splits["train"]]
 
-    for split, size in (("train", 1045), ("validation", 149), ("test", 300)):
+    for split, size in (("train", 1045), ("val", 149), ("test", 300)):
         with (tmp_path / "splits" / f"{split}.csv").open(encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert len(rows) == size
@@ -72,7 +72,7 @@ def test_the_same_seed_gives_the_same_splits_and_another_seed_others(tmp_path: P
     path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
 
     def texts(seed: int) -> list[str]:
-        return [ex.text for ex in module(path, seed=seed).splits.train]
+        return [ex.text for ex in module(path, seed=seed).splits["train"]]
 
     assert texts(1) == texts(1)
     assert texts(1) != texts(2)
@@ -86,7 +86,7 @@ def test_batches_pad_to_the_longest_training_text_and_keep_lengths(tmp_path: Pat
         batch_size=4,
         drop_last_train=False,
     )
-    longest = max(len(ex.text.split()) for ex in dm.splits.train)
+    longest = max(len(ex.text.split()) for ex in dm.splits["train"])
     assert dm.pad_length == longest
 
     for loader, split in ((dm.train_dataloader(), "train"), (dm.test_dataloader(), "test")):
@@ -101,7 +101,7 @@ def test_batches_pad_to_the_longest_training_text_and_keep_lengths(tmp_path: Pat
             seen += len(lengths)
         assert seen == len(dm.datasets[split])
     test_lengths = torch.cat([b["lengths"] for b in dm.test_dataloader()]).tolist()
-    assert test_lengths == [min(len(ex.text.split()), longest) for ex in dm.splits.test]
+    assert test_lengths == [min(len(ex.text.split()), longest) for ex in dm.splits["test"]]
 
 
 def test_batch_padding_pads_each_batch_to_its_own_longest_text(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_generic_files_with_custom_columns_and_no_balancing(tmp_path: Path) -> N
     jsonl.write_text("".join(json.dumps({"review": t, "sentiment": s}) + "\n" for t, s, _ in rows))
     for path in (tsv, jsonl):
         dm = module(path, text_column="review", label_column="sentiment", balance=False)
-        everything = dm.splits.train + dm.splits.validation + dm.splits.test
+        everything = dm.splits["train"] + dm.splits["val"] + dm.splits["test"]
         assert Counter(ex.label for ex in everything) == counts
         assert dm.num_classes == 3 and dm.label_names == ["mixed", "neg", "pos"]
 
@@ -181,7 +181,7 @@ def test_generic_files_with_custom_columns_and_no_balancing(tmp_path: Path) -> N
         text_column="review",
         label_column="sentiment",
     )
-    balanced = dm.splits.train + dm.splits.validation + dm.splits.test
+    balanced = dm.splits["train"] + dm.splits["val"] + dm.splits["test"]
     assert Counter(ex.label for ex in balanced) == {"pos": 10, "neg": 10, "mixed": 10}
     assert {ex.text for ex in balanced} <= {t for t, _, _ in rows}
 
@@ -197,13 +197,11 @@ def test_saved_splits_read_back_as_a_split_folder(tmp_path: Path) -> None:
     rows = [[f"text {i}", "yes" if i % 4 else "no"] for i in range(60)]
     out = tmp_path / "out"
     first = module(write_csv(tmp_path / "d.csv", ["text", "label"], rows), output_dir=str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "validation.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["test.csv", "train.csv", "val.csv"]
     again = module(out)
-    for split in ("train", "validation", "test"):
-        assert [ex.text for ex in getattr(again.splits, split)] == [
-            ex.text for ex in getattr(first.splits, split)
-        ]
-        assert again.datasets[split].labels == first.datasets[split].labels
+    for split in ("train", "val", "test"):
+        assert [ex.text for ex in again.splits[split]] == [ex.text for ex in first.splits[split]]
+        assert again.datasets[split] == first.datasets[split]
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_evaluate_scores_every_split_like_the_run_did(run: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Confusion matrices" in result.stdout
-    for split in ("train", "validation", "test"):
+    for split in ("train", "val", "test"):
         assert split in result.stdout
 
     report = json.loads((run / "checkpoints" / "best.eval.json").read_text())
@@ -62,7 +62,7 @@ def test_evaluate_scores_every_split_like_the_run_did(run: Path) -> None:
     assert report["f1"] == "macro F1 over 3 labels"
     assert report["splits"].startswith("saved splits")
     results = report["results"]
-    assert [results[s]["examples"] for s in ("train", "validation", "test")] == [21, 3, 6]
+    assert [results[s]["examples"] for s in ("train", "val", "test")] == [21, 3, 6]
     for scores in results.values():
         matrix = scores["confusion_matrix"]
         assert len(matrix) == 3 and sum(map(sum, matrix)) == scores["examples"]
@@ -116,9 +116,9 @@ def test_splits_are_re_derived_identically_without_the_saved_files(
     derived, derived_origin = split_datamodule(task, moved, batch_size=8)
 
     assert saved_origin.startswith("saved splits") and derived_origin.startswith("re-derived")
-    for split in ("train", "validation", "test"):
-        ours = [(ex.text, ex.label) for ex in getattr(derived.splits, split)]
-        assert ours == [(ex.text, ex.label) for ex in getattr(saved.splits, split)]
+    for split in ("train", "val", "test"):
+        ours = [(ex.text, ex.label) for ex in derived.splits[split]]
+        assert ours == [(ex.text, ex.label) for ex in saved.splits[split]]
     assert derived.pad_length == saved.pad_length == task.hparams["pad_length"]
 
 

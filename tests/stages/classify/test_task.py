@@ -200,7 +200,7 @@ def test_fit_through_the_command_line(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "best.ckpt").is_file()
     splits = {
         split: list(csv.DictReader((run / f"{split}.csv").open(encoding="utf-8")))
-        for split in ("train", "validation", "test")
+        for split in ("train", "val", "test")
     }
     assert [len(rows) for rows in splits.values()] == [28, 4, 8]
     assert {row["label"] for row in splits["train"]} == {"junk", "ok"}

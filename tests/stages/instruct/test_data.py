@@ -8,22 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
 from llmprep.data.errors import DataError
+from llmprep.data.records import read_records
 from llmprep.stages.instruct.data import (
     InstructDataModule,
     collate_instruct,
+    field_names,
     has_target,
-    read_records,
-    split_records,
 )
 from llmprep.tokenizer import get_tokenizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 E = 50256
 X = -100
 
@@ -92,8 +93,8 @@ def test_book_data_splits_935_110_55_in_file_order(mirror: Path, tmp_path: Path)
     dm = InstructDataModule(output_dir=str(tmp_path / "splits"))
     dm.prepare_data()
     dm.setup("fit")
-    assert (len(dm.train_records), len(dm.test_records), len(dm.val_records)) == (935, 110, 55)
-    assert dm.train_records == data[:935]
+    assert (len(dm.records["train"]), len(dm.test_records), len(dm.val_records)) == (935, 110, 55)
+    assert dm.records["train"] == data[:935]
     assert dm.test_records == data[935:1045]
     assert dm.val_records == data[1045:]
     assert (len(dm.train_dataloader()), len(dm.val_dataloader())) == (116, 7)  # 935 // 8, 55 / 8
@@ -157,7 +158,7 @@ def test_training_examples_without_a_target_token_are_dropped(
     )
     with caplog.at_level("WARNING"):
         dm.setup()
-    assert len(dm.train_records) == 10 and len(dm.datasets["train"]) == 5
+    assert len(dm.records["train"]) == 10 and len(dm.datasets["train"]) == 5
     assert "5 of 10 training examples have no target token" in caplog.text
     batches = list(dm.train_dataloader())
     assert len(batches) == 5
@@ -176,16 +177,6 @@ def test_a_training_split_left_without_targets_names_the_file_and_settings(
     assert len(kept.datasets["train"]) == 5
 
 
-def test_split_uses_the_books_integer_arithmetic() -> None:
-    parts = split_records(records(101), (0.85, 0.10))
-    assert [len(parts[s]) for s in ("train", "test", "val")] == [85, 10, 6]
-
-
-def test_split_that_leaves_a_part_empty_is_an_error() -> None:
-    with pytest.raises(DataError, match="5 records leave the test split empty"):
-        split_records(records(5), (0.85, 0.10))
-
-
 # --- other inputs ----------------------------------------------------------------------------
 
 
@@ -193,16 +184,9 @@ def test_jsonl_with_renamed_fields_and_no_input(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     lines = [json.dumps({"q": f"Question {i}?", "a": f"Answer {i}.", "id": i}) for i in range(3)]
     path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
-    got = read_records(path, fields={"instruction": "q", "input": None, "output": "a"})
+    got = read_records(path, field_names({"instruction": "q", "input": None, "output": "a"}))[1]
     assert got[2] == {"instruction": "Question 2?", "input": "", "output": "Answer 2."}
     assert len(got) == 3
-
-
-def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
-    path = tmp_path / "r.jsonl"
-    record = {"instruction": "Say hi\u2028twice", "input": "a\x85b", "output": "hi\u2029hi"}
-    path.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
-    assert read_records(path) == [record]
 
 
 def test_split_folder_is_used_as_given(tmp_path: Path) -> None:
@@ -214,7 +198,7 @@ def test_split_folder_is_used_as_given(tmp_path: Path) -> None:
     write_json(tmp_path / "test.json", data[7:])
     dm = InstructDataModule(path=str(tmp_path), batch_size=2)
     dm.setup()
-    assert (dm.train_records, dm.val_records, dm.test_records) == (data[:5], data[5:7], data[7:])
+    assert (dm.records["train"], dm.val_records, dm.test_records) == (data[:5], data[5:7], data[7:])
 
 
 def test_split_folder_missing_a_split_names_it(tmp_path: Path) -> None:
@@ -228,52 +212,6 @@ def test_hub_dataset_offline_says_to_pass_a_path(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"tatsu-lab/alpaca.*data\.path="):
         InstructDataModule(path="hf:tatsu-lab/alpaca").prepare_data()
-
-
-# --- bad input: one clear error naming the file and the record -------------------------------
-
-
-def test_missing_field_names_file_record_and_field(tmp_path: Path) -> None:
-    data = records(4)
-    del data[2]["output"]
-    path = write_json(tmp_path / "d.json", data)
-    with pytest.raises(DataError, match=r"d\.json, column 'output': record 2: missing") as err:
-        read_records(path)
-    assert err.value.path == path
-
-
-def test_non_string_field_in_jsonl_names_line_and_record(tmp_path: Path) -> None:
-    path = tmp_path / "d.jsonl"
-    rows = [json.dumps(r) for r in records(2)] + ["", json.dumps({**records(1)[0], "input": None})]
-    path.write_text("\n".join(rows), encoding="utf-8")
-    with pytest.raises(DataError, match=r"d\.jsonl, line 4, column 'input': record 2: .*None"):
-        read_records(path)
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "message"),
-    [
-        ("empty.json", " \n", r"empty\.json: the file is empty"),
-        ("none.json", "[]", r"none\.json: the file holds no records"),
-        ("bad.json", '[\n {"instruction": "a",,}\n]', r"bad\.json, line 2: invalid JSON at column"),
-        ("lines.json", '{"a": 1}\n{"a": 2}\n', r"lines\.json, line 2: .*data\.format=jsonl"),
-        ("bad.jsonl", '{"a": 1}\n{"a": \n', r"bad\.jsonl, line 2: invalid JSON"),
-        ("obj.json", '{"instruction": "a"}', r"obj\.json: expected a JSON list of records"),
-        ("str.json", '["just text"]', r"str\.json: record 0: expected an object, got str"),
-    ],
-)
-def test_bad_file_gets_one_clear_error(tmp_path: Path, name: str, text: str, message: str) -> None:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(DataError, match=message):
-        read_records(path)
-
-
-def test_bytes_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "d.json"
-    path.write_bytes(b'[\n{"instruction": "caf\xe9"}]')
-    with pytest.raises(DataError, match=r"d\.json, line 2: byte 22 is not UTF-8"):
-        read_records(path)
 
 
 def test_bad_settings_fail_at_construction() -> None:
@@ -293,7 +231,7 @@ def test_bucketed_training_loader_through_the_data_module(tmp_path: Path) -> Non
     dm = InstructDataModule(path=str(path), bucket=True, batch_size=4, split=(0.5, 0.25))
     dm.setup()
     loader = dm.train_dataloader()
-    lengths = [len(ids) for ids, _ in dm.datasets["train"].examples]
+    lengths = [len(ids) for ids, _ in dm.datasets["train"]]
     assert loader.sampler.lengths == lengths
     assert sum(b["input_ids"].shape[0] for b in loader) == 20
 
@@ -320,7 +258,7 @@ def test_data_configs_build_the_data_module(tmp_path: Path) -> None:
     mine = compose_data("+data=instruct_file", f"data.path={path}", "data.fields.input=null")
     dm = instantiate(mine, context_length=64)
     dm.setup()
-    assert dm.train_records[0]["input"] == ""
+    assert dm.records["train"][0]["input"] == ""
 
 
 def test_instruct_file_config_requires_a_path() -> None:
