@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from llmprep.files import write_json_atomically
 from llmprep.training.task import perplexity
 
 
@@ -34,11 +33,6 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
 def results_path(ckpt_path: Path, suffix: str = "eval") -> Path:
     """Where a checkpoint's results go: beside it, ``<name>.<suffix>.json``."""
     return ckpt_path.with_name(f"{ckpt_path.stem}.{suffix}.json")
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write results ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    return write_json_atomically(path, data)
 
 
 def loss_report(batches: Iterable[tuple[torch.Tensor, int]]) -> dict[str, Any]:

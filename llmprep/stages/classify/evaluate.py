@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.classify.data import SPLITS, ClassificationDataModule
 from llmprep.stages.classify.task import ClassificationScores, ClassifyTask
@@ -23,7 +24,6 @@ from llmprep.training.report import (
     eval_device,
     print_table,
     results_path,
-    write_json,
 )
 
 
@@ -123,7 +123,7 @@ def evaluate_splits(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> dic
             for split, r in results.items()
         },
     }
-    out = write_json(results_path(ckpt_path), report)
+    out = write_json_atomically(results_path(ckpt_path), report)
     print(f"results written to {out}")
     return report
 
@@ -174,7 +174,7 @@ def predict_texts(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> list[
             for r in rows
         ],
     )
-    out = write_json(
+    out = write_json_atomically(
         results_path(ckpt_path, "predictions"),
         {"checkpoint": str(ckpt_path), "labels": task.label_names, "predictions": rows},
     )

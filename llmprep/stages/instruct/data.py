@@ -39,7 +39,6 @@ FORMATS = ("json", "jsonl")
 SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 SPLIT_FILE_STEMS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 HUB_PREFIX = "hf:"
-EOT_ID = 50256
 IGNORE_INDEX = -100
 
 Record = dict[str, str]
@@ -260,11 +259,6 @@ def find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def write_records(records: Sequence[Record], path: str | Path) -> None:
-    """``records`` as an indented JSON list, written to a temporary name and then renamed."""
-    write_json_atomically(path, list(records))
-
-
 def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:
     """``(token ids of prompt + response, prompt token count)`` for each record.
 
@@ -298,7 +292,7 @@ def has_target(length: int, prompt_length: int, limit: int, mask_prompt: bool) -
 def collate_instruct(
     batch: Sequence[Sequence[int]],
     prompt_lengths: Sequence[int] | None = None,
-    pad_id: int = EOT_ID,
+    pad_id: int | None = None,
     ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     mask_prompt: bool = False,
@@ -321,6 +315,7 @@ def collate_instruct(
     if prompt_lengths is not None and len(prompt_lengths) != len(batch):
         raise ValueError(f"{len(prompt_lengths)} prompt lengths for {len(batch)} examples")
     width = max(len(ids) for ids in batch) + 1
+    pad_id = get_tokenizer().eot_id if pad_id is None else pad_id
     padded = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for row, ids in enumerate(batch):
         padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
@@ -449,7 +444,7 @@ class InstructDataModule(ResumableDataModule):
         self.datasets["train"] = self._trainable(self.datasets["train"], train_source)
         if self.output_dir is not None:
             for split in SPLITS:
-                write_records(records[split], Path(self.output_dir) / f"{split}.json")
+                write_json_atomically(Path(self.output_dir) / f"{split}.json", records[split])
         self.records = records
 
     def _is_folder(self) -> bool:

@@ -18,8 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
-from llmprep.stages.instruct.data import InstructDataModule, write_records
+from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.judge import Judge, JudgeError
 from llmprep.stages.instruct.task import InstructTask
 from llmprep.training.report import (
@@ -27,7 +28,6 @@ from llmprep.training.report import (
     loss_report,
     print_table,
     results_path,
-    write_json,
 )
 
 
@@ -93,15 +93,15 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
         "test": test,
     }
     print_table(ckpt_path.name, [{"split": "test", **test}])
-    eval_file = write_json(results_path(ckpt_path), results)
+    eval_file = write_json_atomically(results_path(ckpt_path), results)
     print(f"loss written to {eval_file}")
 
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
     answered = task.answer_test_split(datamodule.test_records, generation, cfg.seed)
     responses_file = results_path(ckpt_path, "test_responses")
-    write_records(answered, responses_file)
+    write_json_atomically(responses_file, answered)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}
-    write_json(eval_file, results)
+    write_json_atomically(eval_file, results)
     print(f"{len(answered)} test responses written to {responses_file}")
 
     if judge is not None:
@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
             raise JudgeError(
                 f"{err}\n(the loss and the test responses are saved: {eval_file}, {responses_file})"
             ) from err
-        write_json(eval_file, results)
+        write_json_atomically(eval_file, results)
         print_judgement(results["judge"])
         print(f"judge scores written to {eval_file}")
     return results

@@ -14,9 +14,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
+from llmprep.files import write_json_atomically
 from llmprep.model import GPT
 from llmprep.model.init import build_model
-from llmprep.stages.instruct.data import IGNORE_INDEX, InstructDataModule, write_records
+from llmprep.stages.instruct.data import IGNORE_INDEX, InstructDataModule
 from llmprep.stages.instruct.prompts import get_style
 from llmprep.training.config import plain_config
 from llmprep.training.task import GPTTask, is_sharded, lm_loss
@@ -240,7 +241,7 @@ class InstructTask(GPTTask):
             generation["limit"] = runs if limit is None else min(runs, limit)
         answered = self.answer_test_split(datamodule.test_records, generation, self.config["seed"])
         path = Path(trainer.default_root_dir) / RESPONSES_FILE
-        write_records(answered, path)
+        write_json_atomically(path, answered)
         print(f"\n{len(answered)} test responses written to {path}")
         for row in answered[:3]:
             print(f"- {row['instruction']!r}\n  -> {row['model_response']!r}")

@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader
 from llmprep.data.sources import resolve_many
 from llmprep.data.token_store import build_token_store
 from llmprep.data.windows import TokenWindows
+from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.training.report import (
     eval_device,
     loss_report,
     print_table,
     results_path,
-    write_json,
 )
 from llmprep.training.task import lm_loss
 
@@ -57,6 +57,8 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
         for name, windows in sets.items()
     }
     print_table(f"{ckpt_path.name}", [{"split": name, **r} for name, r in results.items()])
-    out = write_json(results_path(ckpt_path), {"checkpoint": str(ckpt_path), "results": results})
+    out = write_json_atomically(
+        results_path(ckpt_path), {"checkpoint": str(ckpt_path), "results": results}
+    )
     print(f"results written to {out}")
     return results
