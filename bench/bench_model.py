@@ -111,7 +111,8 @@ def main() -> None:
             (f"greedy generation {label} KV cache, {args.new_tokens} new tokens, batch 1", rate)
         )
 
-    print(f"gpt2-small ({model.num_parameters():,} parameters); {machine(device)}\n")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"gpt2-small ({params:,} parameters); {machine(device)}\n")
     print("| benchmark | tokens/s |\n|---|---:|")
     for label, rate in rows:
         print(f"| {label} | {rate:,.1f} |")

@@ -29,14 +29,9 @@ from llmprep.files import atomic_path
 REMOTE_SCHEMES = ("http://", "https://")
 
 
-def is_remote(path: str | Path) -> bool:
-    """True for a checkpoint given by URL."""
-    return str(path).startswith(REMOTE_SCHEMES)
-
-
 def local_checkpoint(path: str | Path, setting: str) -> Path:
     """The local file of checkpoint ``path`` (a URL is downloaded into the cache once)."""
-    if not is_remote(path):
+    if not str(path).startswith(REMOTE_SCHEMES):
         local = Path(path).expanduser()
         if not local.is_file():
             raise CheckpointError(f"{setting}={str(path)!r}: no such file")

@@ -5,7 +5,7 @@ A language model (pretrain, instruct) becomes a Hugging Face GPT-2 folder that
 ``transformers.GPT2LMHeadModel.from_pretrained`` loads. A classifier (its head is not the
 vocabulary projection) has no GPT-2 equivalent in ``transformers``, so it is written in our own
 layout: ``model.safetensors`` with our GPT's tensor names and a ``config.json`` holding its
-``GPTConfig``, class count and label names; :func:`load_classifier` reads it back.
+``GPTConfig``, class count and label names.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import torch
 
 from llmprep.checkpoints import read_checkpoint
 from llmprep.errors import is_user_error, one_line
-from llmprep.files import atomic_path, write_json_atomically
-from llmprep.model import GPT, GPTConfig
+from llmprep.model import GPT
+from llmprep.model.gpt import has_classifier_head
 from llmprep.model.init import checkpoint_model
-from llmprep.model.lora import has_classifier_head
-from llmprep.model.weights import CONFIG_FILE, WEIGHTS_FILE, export_hf, read_json
+from llmprep.model.weights import CONFIG_FILE, export_hf, read_json, save_folder
 
 CLASSIFIER_FORMAT = "llmprep-classifier"
 """``config.json``'s ``format`` for a classifier in our layout."""
@@ -39,8 +38,6 @@ def export_classifier(
     ``extra`` plain values (e.g. the pooling the stage read logits with) go into
     ``config.json``. Each file is written under a temporary name and renamed.
     """
-    from safetensors.torch import save_file
-
     head = model.out_head
     if not has_classifier_head(model) or not isinstance(head, torch.nn.Linear):
         raise ValueError(f"export_classifier writes a classifier, but out_head is {head}")
@@ -57,30 +54,7 @@ def export_classifier(
         "label_names": list(label_names) if label_names is not None else None,
         **extra,
     }
-    out = Path(out_dir)
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json_atomically(out / CONFIG_FILE, config)
-    return out
-
-
-def load_classifier(folder: str | Path) -> tuple[GPT, dict[str, Any]]:
-    """A classifier written by :func:`export_classifier` (in eval mode) and its ``config.json``."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config = read_json(folder / CONFIG_FILE)
-    if config.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(
-            f"{folder / CONFIG_FILE}: format={config.get('format')!r}, expected "
-            f"{CLASSIFIER_FORMAT!r} (a Hugging Face GPT-2 folder loads with init_from=<folder>)"
-        )
-    model = GPT(GPTConfig.from_dict(config["model_config"]))
-    model.out_head = torch.nn.Linear(
-        model.config.emb_dim, config["num_classes"], bias=config["head_bias"]
-    )
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE))
-    return model.eval(), config
+    return save_folder(out_dir, state, config)
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:

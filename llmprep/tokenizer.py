@@ -81,15 +81,9 @@ class Tokenizer:
         allowed = {EOT_TOKEN} if allow_special else set()
         return self._enc.encode(text, allowed_special=allowed)
 
-    def encode_batch(
-        self, texts: Sequence[str], allow_special: bool = False, num_threads: int = 2
-    ) -> list[list[int]]:
-        """Token ids of many texts, encoded on ``num_threads`` threads."""
-        allowed = {EOT_TOKEN} if allow_special else set()
-        return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed)
-
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
-        """Token ids of many texts, treating special-token markers as plain text."""
+        """Token ids of many texts, encoded on ``num_threads`` threads, treating special-token
+        markers as plain text."""
         return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
 
     def decode(self, ids: Sequence[int]) -> str:

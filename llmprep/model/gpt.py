@@ -232,6 +232,8 @@ class GPT(nn.Module):
         forward = 2 * (matrices + attention)
         return 3 * forward if training else forward
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters, a tied embedding/head matrix counted once."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+def has_classifier_head(model: GPT) -> bool:
+    """Whether ``out_head`` was replaced by a head other than the vocabulary projection."""
+    head = model.out_head
+    return not (isinstance(head, nn.Linear) and head.out_features == model.config.vocab_size)

@@ -16,31 +16,15 @@ from llmprep.model.lora import (
     CHECKPOINT_KEY,
     LoraSettings,
     apply_lora,
-    base_reference,
-    check_base,
     fill_base_tensors,
+    load_base,
     merge_lora,
 )
+from llmprep.model.weights import load_pretrained
 
 log = logging.getLogger(__name__)
 
 ARCH_KEYS = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads")
-
-
-def model_config_from(model_cfg: Mapping[str, Any]) -> GPTConfig:
-    """A ``GPTConfig`` from the ``model`` config group (its ``name`` is only a label)."""
-    return GPTConfig.from_dict({k: v for k, v in model_cfg.items() if k != "name"})
-
-
-def checkpoint_state_dict(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
-    """The GPT's weights as a task checkpoint stores them (the tasks keep the model at
-    ``self.model``). A LoRA run's hold its adapters and leave out its referenced base: use
-    :func:`checkpoint_model` for the merged weights."""
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"{path}: checkpoint holds no `model.*` weights")
-    return state
 
 
 def _fit_head(model: GPT, state: Mapping[str, torch.Tensor]) -> None:
@@ -54,18 +38,11 @@ def _fit_head(model: GPT, state: Mapping[str, torch.Tensor]) -> None:
             )
 
 
-def load_lora_base(reference: Mapping[str, str], model_cfg: Mapping[str, Any]) -> GPT:
-    """The base weights a LoRA checkpoint references (``{"init_from", "sha256"}``), checked
-    against the recorded sha256 so adapters never land on weights they were not trained on."""
-    model = build_model(model_cfg, reference["init_from"])
-    check_base(reference, base_reference(reference["init_from"]))
-    return model
-
-
 def checkpoint_model(
     ckpt: Mapping[str, Any], path: str | Path, dropout: float | None = None
 ) -> GPT:
-    """Our GPT with the weights of a checkpoint read by :func:`read_checkpoint` (any stage).
+    """Our GPT with the weights of a checkpoint read by :func:`read_checkpoint` (any stage; the
+    tasks keep the model at ``self.model``).
 
     A LoRA run's checkpoint gives its base (re-loaded from the reference it records, or stored in
     it when the base was random) with the adapters merged in: a plain GPT.
@@ -78,19 +55,20 @@ def checkpoint_model(
     model_config = dict(hparams["model_config"])
     if dropout is not None:
         model_config["dropout"] = dropout
-    state = checkpoint_state_dict(ckpt, path)
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path}: checkpoint holds no `model.*` weights")
     lora = ckpt.get(CHECKPOINT_KEY)
-    if lora is None:
-        model = GPT(GPTConfig(**model_config))
-        _fit_head(model, state)
-        model.load_state_dict(state)
-        return model
-    if lora.get("base") is not None:
-        model_cfg = {**hparams["config"]["model"], "dropout": model_config["dropout"]}
-        model = load_lora_base(lora["base"], model_cfg)
+    reference = lora.get("base") if lora is not None else None
+    if reference is not None:
+        model = load_base(reference, model_config["dropout"])
     else:
         model = GPT(GPTConfig(**model_config))
     _fit_head(model, state)
+    if lora is None:
+        model.load_state_dict(state)
+        return model
     base = model.state_dict()
     apply_lora(model, LoraSettings.from_config(lora))
     model.load_state_dict(fill_base_tensors(model, state, base, str(path)))
@@ -103,23 +81,26 @@ def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT
     return checkpoint_model(read_checkpoint(path), path, dropout)
 
 
-def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:
-    """The GPT a run starts from.
+def load_weights(init_from: str | Path, dropout: float) -> GPT:
+    """Our GPT holding the weights ``init_from`` names, with ``dropout``: one of our ``.ckpt``
+    files, or anything :func:`llmprep.model.weights.load_pretrained` takes (a Hugging Face id or
+    folder, an OpenAI TF checkpoint folder)."""
+    if str(init_from).endswith(".ckpt"):
+        return load_checkpoint_model(init_from, dropout=dropout)
+    return load_pretrained(str(init_from), dropout=dropout)
 
-    ``init_from`` is ``None`` (random init from ``model_cfg``), one of our ``.ckpt`` files, or
-    anything :func:`llmprep.model.weights.load_pretrained` takes (a Hugging Face id or folder, an
-    OpenAI TF checkpoint folder). With weights, the architecture is the checkpoint's and only
-    ``model.dropout`` is taken from the config; a differing size in the config is reported.
+
+def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:
+    """The GPT a run starts from: random from the ``model`` config group (its ``name`` is only a
+    label) when ``init_from`` is ``None``, else the weights :func:`load_weights` finds there.
+
+    With weights, the architecture is the checkpoint's and only ``model.dropout`` is taken from
+    the config; a differing size in the config is reported.
     """
-    config = model_config_from(model_cfg)
+    config = GPTConfig.from_dict({k: v for k, v in model_cfg.items() if k != "name"})
     if init_from is None:
         return GPT(config)
-    if str(init_from).endswith(".ckpt"):
-        model = load_checkpoint_model(init_from, dropout=config.dropout)
-    else:
-        from llmprep.model.weights import load_pretrained
-
-        model = load_pretrained(str(init_from), dropout=config.dropout)
+    model = load_weights(init_from, config.dropout)
     loaded = asdict(model.config)
     differing = {
         k: (getattr(config, k), loaded[k]) for k in ARCH_KEYS if getattr(config, k) != loaded[k]

@@ -1,5 +1,5 @@
 """LoRA adapters on our GPT through peft: which layers get them, how they are injected, frozen
-and merged back, and the reference to the base weights a LoRA checkpoint is stored against.
+and merged back, and what a LoRA run's checkpoints hold.
 
 Adapters are injected with ``peft.inject_adapter_in_model`` rather than wrapped in a
 ``PeftModel``: the model stays our ``GPT``, so its attributes (``config``, ``out_head``,
@@ -11,6 +11,13 @@ export all work unchanged, and nothing depends on peft's transformers-oriented w
 
 Scaling follows peft: an adapted Linear computes ``W x + (alpha / rank) * B A x``. (The book's
 appendix E code multiplies by ``alpha`` alone; rank 16 with its alpha 16 is alpha 256 here.)
+
+A LoRA run's checkpoints hold only what the run changed (its adapters, and tensors the stage added
+such as a new head) plus a reference to the base weights: ``init_from`` and the sha256 of its
+weights file. Loading re-reads the base from there and refuses one whose sha256 changed. A run
+from a random base (``init_from: null``) has no base to refer to, so its checkpoints store the
+base too. :func:`start_lora` sets a run up; :func:`save_lora` and :func:`restore_lora` are all a
+task's checkpoint hooks call.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import torch
 from torch import nn
 
 from llmprep.files import file_sha256
-from llmprep.model.gpt import GPT
+from llmprep.model.gpt import GPT, has_classifier_head
+from llmprep.model.weights import weights_file
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +113,6 @@ class LoraSettings:
         return values
 
 
-def has_classifier_head(model: GPT) -> bool:
-    """Whether ``out_head`` was replaced by a head other than the vocabulary projection."""
-    head = model.out_head
-    return not (isinstance(head, nn.Linear) and head.out_features == model.config.vocab_size)
-
-
 def _matches(module_name: str, target: str) -> bool:
     """peft's rule for a plain target name: the full module name or its last dotted parts."""
     return module_name == target or module_name.endswith("." + target)
@@ -141,9 +143,9 @@ def resolve_targets(model: GPT, targets: Iterable[str] | None) -> tuple[str, ...
 
 def apply_lora(
     model: GPT, settings: LoraSettings, added: Collection[torch.Tensor] = ()
-) -> tuple[str, ...]:
-    """Inject LoRA adapters into ``model`` in place and freeze its base weights; return the
-    targets used.
+) -> LoraSettings:
+    """Inject LoRA adapters into ``model`` in place and freeze its base weights; return
+    ``settings`` with the targets used.
 
     ``added`` are the tensors a stage added to the base model (e.g. a new classifier head). Those
     in a layer LoRA adapts are frozen like any base weight, as in the book's appendix E (a random
@@ -178,7 +180,7 @@ def apply_lora(
         f"{total:,}",
         100 * trained / total,
     )
-    return targets
+    return dataclasses.replace(settings, targets=targets)
 
 
 def is_adapter(name: str) -> bool:
@@ -247,52 +249,137 @@ def fill_base_tensors(
     return full
 
 
-def weights_file(init_from: str) -> Path:
-    """The file holding the weights ``init_from`` names: one of our ``.ckpt`` files, a folder's
-    ``model.safetensors`` (or its OpenAI TensorFlow ``model.ckpt.data-*``), or a hub model's
-    downloaded ``model.safetensors``."""
-    from llmprep.model.weights import HUB_ALIASES, WEIGHTS_FILE
-
-    text = str(init_from)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if path.is_dir():
-        candidates = [path / WEIGHTS_FILE] if (path / WEIGHTS_FILE).is_file() else []
-        candidates = candidates or sorted(path.glob("model.ckpt.data-*"))
-        if len(candidates) != 1:
-            raise FileNotFoundError(
-                f"init_from={text!r}: no single weights file ({WEIGHTS_FILE} or "
-                "model.ckpt.data-*) to reference the LoRA base by"
-            )
-        return candidates[0].resolve()
-    if text.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"init_from={text!r}: no such file or folder")
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(HUB_ALIASES.get(text, text), WEIGHTS_FILE))
-
-
 def base_reference(init_from: str) -> dict[str, str]:
     """What a LoRA checkpoint records about its base: ``init_from`` (a local path made
     absolute, so loading works from any folder; a hub id as given) and the sha256 of its weights
-    file (see :func:`weights_file`)."""
+    file (see :func:`llmprep.model.weights.weights_file`)."""
     text = str(init_from)
     path = Path(text).expanduser()
     source = str(path.resolve()) if path.exists() else text
     return {"init_from": source, "sha256": file_sha256(weights_file(text))}
 
 
-def check_base(expected: Mapping[str, str], actual: Mapping[str, str] | None) -> None:
+def check_base(expected: Mapping[str, str], actual: Mapping[str, str]) -> None:
     """Refuse a base other than the one a LoRA checkpoint's adapters were trained on."""
-    if actual is None or actual["sha256"] != expected["sha256"]:
-        have = (
-            f"init_from={actual['init_from']!r} has sha256 {actual['sha256']}"
-            if actual is not None
-            else "this run starts from a random base (init_from=null)"
-        )
+    if actual["sha256"] != expected["sha256"]:
         raise ValueError(
             f"the LoRA checkpoint's adapters were trained on init_from={expected['init_from']!r} "
-            f"(sha256 {expected['sha256']}), but {have}; adapters only fit the base weights "
-            "they were trained on"
+            f"(sha256 {expected['sha256']}), but init_from={actual['init_from']!r} has sha256 "
+            f"{actual['sha256']}; adapters only fit the base weights they were trained on"
         )
+
+
+def load_base(reference: Mapping[str, str], dropout: float = 0.0) -> GPT:
+    """The base weights a LoRA checkpoint refers to (``{"init_from", "sha256"}``), checked
+    against the recorded sha256 first, so adapters never land on weights they were not trained
+    on."""
+    from llmprep.model.init import load_weights  # init.py builds on this module
+
+    check_base(reference, base_reference(reference["init_from"]))
+    return load_weights(reference["init_from"], dropout)
+
+
+@dataclass
+class LoraRun:
+    """A model's LoRA adapters and what its checkpoints hold.
+
+    ``settings`` has its targets resolved. ``stored`` names the entries of the model's state dict
+    a checkpoint keeps: adapters, tensors the stage added, anything trainable. ``base`` is the
+    reference to the base weights (``None`` for a random base, which is then stored whole).
+    ``missing_base`` is the ``init_from`` whose weights the model does not hold yet (built
+    without them, until :func:`restore_lora` puts a checkpoint's base in).
+    """
+
+    settings: LoraSettings
+    stored: frozenset[str]
+    base: dict[str, str] | None
+    missing_base: str | None
+
+
+def start_lora(
+    model: GPT,
+    lora_cfg: Mapping[str, Any] | None,
+    base_tensors: Iterable[torch.Tensor],
+    init_from: str | None,
+    holds_base: bool,
+) -> LoraRun | None:
+    """Inject the adapters the ``lora`` config group asks for into ``model`` and note what its
+    checkpoints store and which base they refer to; ``None`` (nothing done) when ``rank`` is 0.
+
+    ``base_tensors`` are the GPT's before the stage adapted it: the others (a new head) are
+    stored beside the adapters. ``holds_base`` says whether ``model`` holds ``init_from``'s
+    weights already; otherwise a checkpoint must supply them before the run can be saved.
+    """
+    settings = LoraSettings.from_config(lora_cfg)
+    if settings is None:
+        return None
+    base_ids = {id(t) for t in base_tensors}
+    added = [t for t in model.state_dict(keep_vars=True).values() if id(t) not in base_ids]
+    settings = apply_lora(model, settings, added)
+    stored = frozenset(
+        name
+        for name, t in model.state_dict(keep_vars=True).items()
+        if id(t) not in base_ids or t.requires_grad
+    )
+    base = base_reference(init_from) if init_from and holds_base else None
+    return LoraRun(settings, stored, base, missing_base=init_from if not holds_base else None)
+
+
+def save_lora(lora: LoraRun | None, checkpoint: dict[str, Any], prefix: str = "model.") -> None:
+    """Make a Lightning ``checkpoint`` a LoRA run's: drop the referenced base tensors from its
+    state dict and record the settings and the base reference; nothing without LoRA.
+
+    ``prefix`` starts the state-dict names of the model (the tasks keep it at ``self.model``).
+    """
+    if lora is None:
+        return
+    if lora.missing_base is not None:
+        raise RuntimeError(
+            f"this LoRA task was built without its base weights (init_from="
+            f"{lora.missing_base!r}): build it with from_config, or restore it with "
+            "load_from_checkpoint, before saving it"
+        )
+    state = checkpoint["state_dict"]
+    if lora.base is not None:
+        for key in [k for k in state if k.startswith(prefix)]:
+            if key[len(prefix) :] not in lora.stored:
+                del state[key]
+    checkpoint[CHECKPOINT_KEY] = {**lora.settings.to_dict(), "base": lora.base}
+
+
+def restore_lora(
+    lora: LoraRun | None, model: nn.Module, checkpoint: dict[str, Any], prefix: str = "model."
+) -> None:
+    """Check a Lightning ``checkpoint``'s LoRA entry against this run's ``lora`` and put the base
+    tensors it leaves out back into its state dict, so Lightning's strict loading sees a complete
+    state (``prefix`` as in :func:`save_lora`).
+
+    The base comes from ``model`` when it holds the one the checkpoint refers to, else it is
+    re-read from the reference (its sha256 checked); from then on the run refers to that base.
+    """
+    stored = checkpoint.get(CHECKPOINT_KEY)
+    if lora is None:
+        if stored is not None:
+            raise ValueError(
+                f"the checkpoint holds LoRA adapters (rank {stored.get('rank')}) but this "
+                "run has lora.rank=0: set the same lora settings to resume it"
+            )
+        return
+    if stored is None:
+        raise ValueError(
+            f"the checkpoint was trained without LoRA but this run has lora.rank="
+            f"{lora.settings.rank}: resume it with lora.rank=0, or start a LoRA run from it "
+            "with init_from=<checkpoint>"
+        )
+    reference = stored.get("base")
+    base: dict[str, torch.Tensor] = {}
+    if reference is not None and lora.base is not None:
+        check_base(reference, lora.base)
+        base = {base_name(n): t for n, t in model.state_dict().items()}
+    elif reference is not None:
+        base = load_base(reference).state_dict()
+    lora.base, lora.missing_base = reference, None
+    state = checkpoint["state_dict"]
+    ours = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    full = fill_base_tensors(model, ours, base, "the LoRA checkpoint", required=lora.stored)
+    state.update({prefix + name: t for name, t in full.items()})

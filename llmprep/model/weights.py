@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from llmprep.errors import UserError
 from llmprep.files import atomic_path, write_json_atomically
 from llmprep.model.config import GPTConfig
-from llmprep.model.gpt import GPT, LAYER_NORM_EPS
+from llmprep.model.gpt import GPT, LAYER_NORM_EPS, has_classifier_head
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -342,77 +341,103 @@ def _download(repo_id: str) -> Path:
         raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid hub id") from None
 
 
-def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPT:
-    """A ``GPT`` holding GPT-2 weights, in eval mode.
-
-    ``name_or_path`` is a local folder (Hugging Face layout, or OpenAI's TensorFlow checkpoint
-    recognised by ``hparams.json`` + ``checkpoint``), a hub id such as
-    ``openai-community/gpt2-medium``, or a bare name from ``HUB_ALIASES``. Anything that looks
-    like a path (starts with ``/``, ``.`` or ``~``) is never sent to the hub. ``overrides`` are
-    ``GPTConfig`` fields, e.g. ``dropout=0.1`` or a smaller ``context_length``.
-    """
+def pretrained_folder(name_or_path: str | Path) -> Path:
+    """The local folder of the pretrained weights ``name_or_path`` names: a folder, or a hub
+    id (or a bare name from ``HUB_ALIASES``) downloaded into the hub cache. Anything that looks
+    like a path (starts with ``/``, ``.`` or ``~``) is never sent to the hub."""
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
+    if path.is_dir():
+        return path
+    if path.exists():
         raise ValueError(
             f"{path} is a file; load_pretrained reads a folder ({CONFIG_FILE} + {WEIGHTS_FILE}); "
             "for one of our checkpoints (.ckpt) point init_from at it instead"
         )
-    if path.is_dir():
-        if (path / TF_HPARAMS_FILE).is_file() and (path / TF_INDEX_FILE).is_file():
-            model = _load_tf_folder(path, overrides)
-        else:
-            model = _load_safetensors_folder(path, overrides)
-    elif text.startswith(("/", ".", "~")):
+    if text.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"no such folder: {path}")
-    else:
-        model = _load_safetensors_folder(_download(HUB_ALIASES.get(text, text)), overrides)
-    return model.eval()
+    return _download(HUB_ALIASES.get(text, text))
+
+
+def weights_file(init_from: str | Path) -> Path:
+    """The file holding the weights ``init_from`` names: one of our ``.ckpt`` files, a folder's
+    ``model.safetensors`` (or its OpenAI TensorFlow ``model.ckpt.data-*``), or a hub model's
+    downloaded ``model.safetensors``."""
+    path = Path(str(init_from)).expanduser()
+    if path.is_file():
+        return path.resolve()
+    folder = pretrained_folder(init_from)
+    candidates = [folder / WEIGHTS_FILE] if (folder / WEIGHTS_FILE).is_file() else []
+    candidates = candidates or sorted(folder.glob("model.ckpt.data-*"))
+    if len(candidates) != 1:
+        raise FileNotFoundError(
+            f"init_from={str(init_from)!r}: no single weights file ({WEIGHTS_FILE} or "
+            "model.ckpt.data-*)"
+        )
+    return candidates[0].resolve()
+
+
+def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPT:
+    """A ``GPT`` holding GPT-2 weights, in eval mode.
+
+    ``name_or_path`` is anything :func:`pretrained_folder` takes: a local folder (Hugging Face
+    layout, or OpenAI's TensorFlow checkpoint recognised by ``hparams.json`` + ``checkpoint``)
+    or a hub id such as ``openai-community/gpt2-medium``. ``overrides`` are ``GPTConfig``
+    fields, e.g. ``dropout=0.1`` or a smaller ``context_length``.
+    """
+    folder = pretrained_folder(name_or_path)
+    if (folder / TF_HPARAMS_FILE).is_file() and (folder / TF_INDEX_FILE).is_file():
+        return _load_tf_folder(folder, overrides).eval()
+    return _load_safetensors_folder(folder, overrides).eval()
+
+
+def save_folder(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], config: Any) -> Path:
+    """``tensors`` as ``model.safetensors`` and ``config`` as ``config.json`` in ``out_dir``;
+    returns ``out_dir``. Each file is written under a temporary name and renamed, so an
+    interrupted write never leaves a half-written file; other files in ``out_dir`` are kept."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
+    write_json_atomically(out / CONFIG_FILE, config)
+    return out
 
 
 def _hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
-    """``config.json`` of a ``transformers`` GPT-2 equivalent to a model with ``config``."""
-    gpt2_tokens = config.vocab_size > 50256
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": config.vocab_size,
-        "n_positions": config.context_length,
-        "n_ctx": config.context_length,
-        "n_embd": config.emb_dim,
-        "n_layer": config.n_layers,
-        "n_head": config.n_heads,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "initializer_range": 0.02,
-        "bos_token_id": 50256 if gpt2_tokens else None,
-        "eos_token_id": 50256 if gpt2_tokens else None,
-        "tie_word_embeddings": tied,
-    }
+    """``config.json`` of a ``transformers`` GPT-2 equivalent to a model with ``config``, as
+    ``transformers`` writes it itself."""
+    from transformers import GPT2Config
+
+    eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
+    return GPT2Config(
+        architectures=["GPT2LMHeadModel"],
+        vocab_size=config.vocab_size,
+        n_positions=config.context_length,
+        n_embd=config.emb_dim,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=tied,
+    ).to_dict()
 
 
 def export_hf(model: GPT, out_dir: str | Path) -> Path:
     """Write ``model`` to ``out_dir`` as a ``transformers`` GPT-2 (``config.json`` +
-    ``model.safetensors``); returns ``out_dir``.
+    ``model.safetensors``, see :func:`save_folder`); returns ``out_dir``.
 
     A model without query/key/value biases gets zero ones (GPT-2 always has them). An untied head
-    is written as ``lm_head.weight`` with ``tie_word_embeddings: false``. Each file is written
-    under a temporary name and renamed, so an interrupted export never leaves a half-written file;
-    other files in ``out_dir`` are kept.
+    is written as ``lm_head.weight`` with ``tie_word_embeddings: false``.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, GPT):
         raise TypeError(f"export_hf expects a GPT, got {type(model).__name__}")
     config = model.config
     head = model.out_head
-    if not (
-        isinstance(head, nn.Linear) and head.bias is None and head.out_features == config.vocab_size
-    ):
+    if has_classifier_head(model) or head.bias is not None:
         raise ValueError(
             f"export_hf writes a language model, but out_head is {head} rather than "
             f"Linear({config.emb_dim}, {config.vocab_size}, bias=False) (a classifier head?)"
@@ -427,8 +452,4 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         )
         key = entry.hf if entry.hf == "lm_head.weight" else f"transformer.{entry.hf}"
         tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
-    out = Path(out_dir)
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    write_json_atomically(out / CONFIG_FILE, _hf_config(config, tied))
-    return out
+    return save_folder(out_dir, tensors, _hf_config(config, tied))

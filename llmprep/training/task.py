@@ -8,15 +8,11 @@ it. What the task needs from its data (a classifier's labels) the data module's
 ``task_settings()`` hands over. Every checkpoint also holds the whole resolved run config under
 ``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it).
 
-With ``lora.rank > 0`` a LoRA run's checkpoints hold only what the run changed (adapters, and
-tensors the stage added such as a new head) plus a reference to the base weights (``init_from``
-and its sha256); loading re-reads the base from there. A run from a random base (``init_from:
-null``) has no base to refer to, so its checkpoints store the base too.
+What a LoRA run's checkpoints hold is :mod:`llmprep.model.lora`'s business.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,16 +27,7 @@ from torchmetrics import MeanMetric, SumMetric
 from llmprep.data.records import SPLITS
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import equal_length_batches, generate
-from llmprep.model.init import load_lora_base
-from llmprep.model.lora import (
-    CHECKPOINT_KEY,
-    LoraSettings,
-    apply_lora,
-    base_name,
-    base_reference,
-    check_base,
-    fill_base_tensors,
-)
+from llmprep.model.lora import restore_lora, save_lora, start_lora
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
 
@@ -96,8 +83,8 @@ class GPTTask(L.LightningModule):
     ``model`` hands in a GPT with loaded weights; it is not a hyperparameter. ``run_config`` is
     the whole resolved run config, stored in each checkpoint beside the hyperparameters.
 
-    With ``config["lora"]["rank"] > 0`` the adapted model gets LoRA adapters (``self.lora``
-    holds the settings, targets resolved) and only they, and layers the stage added outside the
+    With ``config["lora"]["rank"] > 0`` the adapted model gets LoRA adapters (``self.lora``, a
+    :class:`~llmprep.model.lora.LoraRun`) and only they, and layers the stage added outside the
     adapted ones, train. Built without ``model``, a LoRA task from a pretrained base gets its base
     weights from the checkpoint it is loaded from.
     """
@@ -110,35 +97,15 @@ class GPTTask(L.LightningModule):
         self.config = config
         self.run_config: dict[str, Any] | None = None
         base = model if model is not None else GPT(GPTConfig(**model_config))
-        base_tensors = {id(t) for t in base.state_dict(keep_vars=True).values()}
+        base_tensors = list(base.state_dict(keep_vars=True).values())
         self.model = self.adapt_model(base)
         self.model.activation_checkpointing = bool(config.get("activation_checkpointing", False))
-        self.lora = LoraSettings.from_config(config.get("lora"))
-        if self.lora is not None:
-            self._setup_lora(base_tensors, holds_base=model is not None)
+        self.lora = start_lora(
+            self.model, config.get("lora"), base_tensors, config.get("init_from"), model is not None
+        )
         self.tokens_seen = 0
         self.matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
         self._flops_per_batch: int | None = None
-
-    def _setup_lora(self, base_tensors: set[int], holds_base: bool) -> None:
-        """Inject the adapters and note what checkpoints must store and which base they refer to.
-
-        Stored: every tensor not from the base (adapters, a new head) and anything trainable.
-        ``holds_base`` says whether the model holds ``init_from``'s weights already (``model``
-        handed in); otherwise a checkpoint must supply them before the task can be saved.
-        """
-        added = [
-            t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in base_tensors
-        ]
-        targets = apply_lora(self.model, self.lora, added)
-        self.lora = dataclasses.replace(self.lora, targets=targets)
-        state = self.model.state_dict(keep_vars=True)
-        self._lora_stored = frozenset(
-            name for name, t in state.items() if id(t) not in base_tensors or t.requires_grad
-        )
-        init_from = self.config.get("init_from")
-        self._lora_base = base_reference(init_from) if init_from and holds_base else None
-        self._lora_base_loaded = holds_base or not init_from
 
     @property
     def sharded(self) -> bool:
@@ -286,60 +253,19 @@ class GPTTask(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record ``tokens_seen``; for a LoRA run, drop the referenced base weights and record
-        the settings and base reference (subclasses overriding this must call it)."""
+        """Record ``tokens_seen``; a LoRA run's checkpoint keeps only what the run changed (see
+        :func:`~llmprep.model.lora.save_lora`). Subclasses overriding this must call it."""
         checkpoint["tokens_seen"] = self.tokens_seen
         if self.run_config is not None:
             checkpoint["config"] = self.run_config
-        if self.lora is None:
-            return
-        if not self._lora_base_loaded:
-            raise RuntimeError(
-                f"this LoRA task was built without its base weights (init_from="
-                f"{self.config.get('init_from')!r}): build it with from_config, or restore it "
-                "with load_from_checkpoint, before saving it"
-            )
-        if self._lora_base is not None:
-            state = checkpoint["state_dict"]
-            for name in self.model.state_dict():
-                if name not in self._lora_stored:
-                    state.pop(f"model.{name}", None)
-        checkpoint[CHECKPOINT_KEY] = {**self.lora.to_dict(), "base": self._lora_base}
+        save_lora(self.lora, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore ``tokens_seen``; for a LoRA run, put the base weights back into the state dict
-        (from the model when it holds the same base, else re-read from the recorded reference),
-        so Lightning's strict loading sees a complete state (subclasses must call it)."""
+        """Restore ``tokens_seen``; a LoRA run's checkpoint gets its base weights back (see
+        :func:`~llmprep.model.lora.restore_lora`). Subclasses overriding this must call it."""
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
         self.run_config = checkpoint.get("config", self.run_config)
-        stored = checkpoint.get(CHECKPOINT_KEY)
-        if self.lora is None:
-            if stored is not None:
-                raise ValueError(
-                    f"the checkpoint holds LoRA adapters (rank {stored.get('rank')}) but this "
-                    "run has lora.rank=0: set the same lora settings to resume it"
-                )
-            return
-        if stored is None:
-            raise ValueError(
-                f"the checkpoint was trained without LoRA but this run has lora.rank="
-                f"{self.lora.rank}: resume it with lora.rank=0, or start a LoRA run from it "
-                "with init_from=<checkpoint>"
-            )
-        reference = stored.get("base")
-        base: dict[str, torch.Tensor] = {}
-        if reference is not None and self._lora_base_loaded and self._lora_base is not None:
-            check_base(reference, self._lora_base)
-            base = {base_name(n): t for n, t in self.model.state_dict().items()}
-        elif reference is not None:
-            base = load_lora_base(reference, self.hparams["model_config"]).state_dict()
-        self._lora_base, self._lora_base_loaded = reference, True
-        state = checkpoint["state_dict"]
-        stored_model = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        full = fill_base_tensors(
-            self.model, stored_model, base, "the LoRA checkpoint", required=self._lora_stored
-        )
-        state.update({f"model.{name}": t for name, t in full.items()})
+        restore_lora(self.lora, self.model, checkpoint)
 
     @torch.no_grad()
     def continuations(

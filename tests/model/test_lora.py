@@ -92,7 +92,7 @@ def test_book_appendix_e_classifier_count():
     with torch.device("meta"):
         task = ClassifierTask(run_config({"rank": 16, "alpha": 16}), asdict(GPTConfig()))
     assert trainable(task) == 2_666_528
-    assert "out_head" in task.lora.targets
+    assert "out_head" in task.lora.settings.targets
 
 
 def test_lm_head_count_and_default_targets():
@@ -104,7 +104,7 @@ def test_lm_head_count_and_default_targets():
         default = GPTTask(run_config({"rank": 16, "alpha": 16}), asdict(GPTConfig()))
     assert trainable(listed) == 3_470_608
     assert trainable(default) == 3_470_608 - (768 * 16 + 16 * 50257)
-    assert "out_head" not in default.lora.targets
+    assert "out_head" not in default.lora.settings.targets
 
 
 def test_bad_settings_name_the_field():
@@ -203,9 +203,13 @@ def test_random_base_is_stored_and_classifier_head_kept(tmp_path: Path):
         assert_merged_computes_the_same(merged, task.model, idx)
 
 
-def test_lora_settings_must_match_the_checkpoint(base_ckpt: Path):
+def test_lora_settings_must_match_the_checkpoint(base_ckpt: Path, tmp_path: Path):
     with pytest.raises(ValueError, match=r"trained without LoRA but this run has lora.rank=4"):
         lora_task(base_ckpt).on_load_checkpoint(torch.load(base_ckpt, weights_only=True))
+    path = fit_checkpoint(lora_task(base_ckpt), tmp_path / "lora.ckpt", tokens(), steps=1)
+    plain = PretrainTask(run_config(), asdict(TINY))
+    with pytest.raises(ValueError, match=r"holds LoRA adapters \(rank 4\) but this run has"):
+        plain.on_load_checkpoint(torch.load(path, weights_only=True))
 
 
 def read_metrics(run: Path) -> list[dict[str, str]]:

@@ -40,7 +40,6 @@ from llmprep.training.task import IGNORE_INDEX
 log = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "input", "output")
-EOT_ID = 50256
 
 
 def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
@@ -92,7 +91,7 @@ def has_target(length: int, prompt_length: int, limit: int, mask_prompt: bool) -
 def collate_instruct(
     batch: Sequence[Sequence[int]],
     prompt_lengths: Sequence[int] | None = None,
-    pad_id: int = EOT_ID,
+    pad_id: int | None = None,
     ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     mask_prompt: bool = False,
@@ -115,6 +114,7 @@ def collate_instruct(
     if prompt_lengths is not None and len(prompt_lengths) != len(batch):
         raise ValueError(f"{len(prompt_lengths)} prompt lengths for {len(batch)} examples")
     width = max(len(ids) for ids in batch) + 1
+    pad_id = get_tokenizer().eot_id if pad_id is None else pad_id
     padded = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for row, ids in enumerate(batch):
         padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
