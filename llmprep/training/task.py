@@ -13,7 +13,6 @@ null``) has no base to refer to, so its checkpoints store the base too.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,9 +37,6 @@ from llmprep.model.lora import (
 )
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
-
-log = logging.getLogger(__name__)
-
 
 MAX_LOG_PPL = 20.0
 """Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
@@ -142,22 +138,6 @@ class GPTTask(L.LightningModule):
         self.tokens_seen += step_tokens
         return step_tokens
 
-    def log_parameter_counts(self) -> dict[str, int]:
-        """Print and log the trainable and total parameter counts (shared tensors once)."""
-        seen: set[int] = set()
-        total = trainable = 0
-        for p in self.parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
-        counts = {"params/total": total, "params/trainable": trainable}
-        log.info("parameters: %s trainable of %s total", f"{trainable:,}", f"{total:,}")
-        for lg in self.loggers:
-            lg.log_hyperparams(counts)
-        return counts
-
     def log_loss(self, split: str, metric: MeanMetric) -> None:
         """Log ``<split>/loss`` (token-weighted over all processes) and ``<split>/ppl``, then
         reset the metric for the next epoch."""
@@ -168,9 +148,6 @@ class GPTTask(L.LightningModule):
 
     def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """What a stage does once fitting is over (report, test, generate); rank 0 prints."""
-
-    def on_fit_start(self) -> None:
-        self.log_parameter_counts()
 
     @property
     def flops_per_batch(self) -> int | None:
@@ -213,11 +190,9 @@ class GPTTask(L.LightningModule):
         scheduler = LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            # LearningRateMonitor logs it as train/lr (see ``param_groups``).
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train"},
         }
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record ``tokens_seen``; for a LoRA run, drop the referenced base weights and record
