@@ -47,7 +47,7 @@ def _run(compose_run, *extra: str) -> Path:
         "trainer.limit_val_batches=0",
         "trainer.log_every_n_steps=1",
         "callbacks.throughput.window_size=3",
-        "+callbacks.slow._target_=test_throughput.SlowOptimizer",
+        f"+callbacks.slow._target_={__name__}.SlowOptimizer",
         *extra,
     )
     train(cfg)
