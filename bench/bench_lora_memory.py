@@ -64,7 +64,7 @@ def run_variant(
     from llmprep.stages.instruct.task import InstructTask
 
     torch.manual_seed(0)
-    config = GPTConfig.from_name("gpt2-small", qkv_bias=True, tie_weights=True)
+    config = GPTConfig(qkv_bias=True, tie_weights=True)  # GPT-2 small with bias and tying
     run_config = {
         "optim": {
             "lr": 5e-5,

@@ -14,6 +14,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, open_dict, read_write
 
 from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
@@ -44,9 +46,15 @@ def pin_worker_command() -> None:
         run.dir = hydra_cfg.runtime.output_dir
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, logger) -> L.Trainer:
-    """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group."""
+def build_trainer(cfg: DictConfig, output_dir: Path, logger: Logger | None) -> L.Trainer:
+    """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group.
+
+    Without a logger (``logger=none``) the learning-rate monitor is left out: it has nowhere to
+    log and Lightning refuses it.
+    """
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if logger is None:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     hw = trainer_kwargs(cfg.hardware)
     if hw["accelerator"] in {"gpu", "cuda"}:
         torch.set_float32_matmul_precision("high")
@@ -123,7 +131,7 @@ def train(cfg: DictConfig) -> float | None:
     apply_threads(cfg.hardware)
     L.seed_everything(cfg.seed, workers=True)
     config = plain_config(cfg)
-    logger = build_logger(cfg, output_dir, job_num, config)
+    logger = build_logger(cfg.logger, cfg.stage.name, output_dir, job_num, config)
     failed = True
     try:
         task, datamodule = build_task(cfg, output_dir)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import lightning
     import torch
 
+    from llmprep.model import GPTConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
@@ -57,6 +59,20 @@ def mirror() -> Path:
         if (folder / "the-verdict.txt").is_file():
             return folder
     pytest.fail(f"LLMPREP_MIRROR={os.environ.get('LLMPREP_MIRROR')!r} holds no data files")
+
+
+@functools.cache
+def _model_group(name: str) -> dict:
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return dict(compose("train", overrides=[f"model={name}"]).model)
+
+
+def model_size(name: str, **overrides: object) -> GPTConfig:
+    """The ``GPTConfig`` of ``model=<name>`` (``conf/model/<name>.yaml``, composed as the command
+    line composes it), with ``overrides`` on top."""
+    from llmprep.model.init import model_config_from
+
+    return model_config_from({**_model_group(name), **overrides})
 
 
 def run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

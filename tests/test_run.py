@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT, run_cli
 from crash import Crashed
 
@@ -69,6 +70,12 @@ def test_run_folder_holds_config_checkpoints_logs_and_plot(compose_run, tmp_path
     assert ckpt["config"]["model"]["name"] == "gpt2-tiny"
     # Batches of 2 windows of 64 tokens (data=verdict's window, shorter than the context).
     assert ckpt["tokens_seen"] == ckpt["global_step"] * 2 * 64
+    # LearningRateMonitor's train/lr: the first 4 of the 10 warmup steps to lr 1e-3.
+    with (run / "csv" / "metrics.csv").open(newline="") as f:
+        lrs = [float(r["train/lr"]) for r in csv.DictReader(f) if r["train/lr"]]
+    assert lrs == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4])
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert hparams["params/trainable"] == hparams["params/total"] > 0
 
 
 def test_same_seed_gives_same_losses(compose_run, tmp_path):

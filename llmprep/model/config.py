@@ -1,23 +1,10 @@
-"""The GPT's hyperparameters, with the book's field names and the named GPT-2 sizes."""
+"""The GPT's hyperparameters, with the book's field names; the named sizes are conf/model/*.yaml."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-
-SIZES: dict[str, dict[str, int]] = {
-    "gpt2-tiny": {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 128},
-    "gpt2-mini": {"emb_dim": 128, "n_layers": 4, "n_heads": 4, "context_length": 256},
-    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
-    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
-    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
-    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
-}
-"""Named sizes: the four OpenAI GPT-2 models (context 1024, vocabulary 50257) and two tiny ones
-for tests and CPU runs. Each entry only lists the fields that differ from ``GPTConfig``'s
-defaults."""
-
 
 INITS = ("gpt2", "torch")
 
@@ -27,7 +14,8 @@ class GPTConfig:
     """Shape and regularisation of a GPT-2 style model.
 
     Plain values only, so ``dataclasses.asdict(config)`` can be stored as checkpoint
-    hyperparameters and turned back into a config with ``GPTConfig(**d)``.
+    hyperparameters and turned back into a config with ``GPTConfig(**d)``. The defaults are
+    GPT-2 small's; the named sizes are ``conf/model/*.yaml`` (``model=gpt2-medium``).
     """
 
     vocab_size: int = 50257
@@ -81,10 +69,3 @@ class GPTConfig:
                 f"fields: {', '.join(sorted(known))}"
             )
         return cls(**values)
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        """The config of the named size (see ``SIZES``), with ``overrides`` applied on top."""
-        if name not in SIZES:
-            raise ValueError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}")
-        return cls.from_dict({**SIZES[name], **overrides})

@@ -1,31 +1,12 @@
-"""Trainer settings of the ``hardware`` group: devices, strategy, precision."""
+"""Trainer settings of the ``hardware`` group: devices, strategy, precision, math threads."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from hydra.utils import instantiate
 from omegaconf import DictConfig
-
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
-
-
-def build_strategy(name: str) -> str | Strategy:
-    """The Lightning strategy for ``hardware.strategy``.
-
-    FSDP shards at transformer-block granularity, the natural unit of our GPT. DDP keeps
-    ``find_unused_parameters`` off: frozen parameters (LoRA, ``last_block``) need no gradient sync.
-    """
-    if name not in STRATEGIES:
-        raise ValueError(f"hardware.strategy={name!r}: expected one of {', '.join(STRATEGIES)}")
-    if name == "fsdp":
-        from llmprep.model.gpt import Block
-
-        return FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy=None)
-    if name == "ddp":
-        return DDPStrategy(find_unused_parameters=False)
-    return name
 
 
 def apply_threads(hardware: DictConfig) -> None:
@@ -38,11 +19,8 @@ def apply_threads(hardware: DictConfig) -> None:
 
 
 def trainer_kwargs(hardware: DictConfig) -> dict[str, Any]:
-    """Keyword arguments for ``lightning.Trainer`` from the ``hardware`` group."""
-    return {
-        "accelerator": hardware.accelerator,
-        "devices": hardware.devices,
-        "num_nodes": hardware.num_nodes,
-        "strategy": build_strategy(hardware.strategy),
-        "precision": hardware.precision,
-    }
+    """Keyword arguments for ``lightning.Trainer``: the ``hardware`` group's keys but ``threads``,
+    a ``_target_`` among them (``hardware=fsdp``'s strategy) instantiated."""
+    kwargs = instantiate(hardware, _convert_="all")
+    kwargs.pop("threads", None)
+    return kwargs

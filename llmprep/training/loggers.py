@@ -1,17 +1,27 @@
-"""Experiment loggers: W&B (offline without an account), CSV, TensorBoard or none."""
+"""What llmprep adds to Lightning's loggers (``conf/logger/*.yaml``, instantiated from our conf):
+W&B offline without an account, run names from the Hydra job, one W&B run per job closed with
+the sync hint, secrets kept out of the recorded command line; and the parameter counts logged
+beside Lightning's model summary."""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import RichModelSummary
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from llmprep.training.config import redacted_argv
+
+log = logging.getLogger(__name__)
 
 
 def wandb_has_credentials() -> bool:
@@ -44,32 +54,27 @@ def run_name_and_group(stage: str, output_dir: Path, job_num: int | None) -> tup
 
 
 def build_logger(
-    cfg: DictConfig, output_dir: Path, job_num: int | None, config: dict[str, Any]
+    settings: DictConfig, stage: str, output_dir: Path, job_num: int | None, config: dict[str, Any]
 ) -> Logger | None:
-    """The logger that ``logger.kind`` names, writing under the run folder.
+    """The logger the ``logger`` group configures; ``None`` without a ``_target_`` (``none``).
 
-    ``config`` is the plain, redacted run config: it is what W&B records as the run's config.
-    The W&B run starts here, on rank 0, with secrets redacted from the command line it records.
+    A W&B run gets its mode, name and group as above, and ``config`` (the plain, redacted run
+    config) as its config; it starts here, on rank 0, with secrets redacted from the command line
+    it records. Other loggers get only the keys their class takes: W&B settings kept in
+    ``conf/local`` (``logger.entity``) are not theirs.
     """
-    kind = cfg.logger.kind
-    if kind == "none":
+    if not settings or "_target_" not in settings:
         return None
-    if kind == "csv":
-        return CSVLogger(save_dir=output_dir, name="csv", version="")
-    if kind == "tensorboard":
-        return TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="")
-    if kind != "wandb":
-        raise ValueError(f"logger.kind={kind!r}: expected wandb, csv, tensorboard or none")
-    name, group = run_name_and_group(cfg.stage.name, output_dir, job_num)
-    logger = WandbLogger(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        name=cfg.logger.name or name,
-        group=cfg.logger.group or group,
-        tags=list(cfg.logger.tags),
-        save_dir=str(output_dir),
-        mode=wandb_mode(cfg.logger.mode),
-        log_model=cfg.logger.log_model,
+    cls = get_class(settings._target_)
+    if cls is not WandbLogger:
+        taken = inspect.signature(cls).parameters
+        return instantiate({k: v for k, v in settings.items() if k in taken or k == "_target_"})
+    name, group = run_name_and_group(stage, output_dir, job_num)
+    wandb_logger = instantiate(settings, _partial_=True, _convert_="all")
+    logger = wandb_logger(
+        name=settings.name or name,
+        group=settings.group or group,
+        mode=wandb_mode(settings.mode),
         config=config,
     )
     with redacted_argv():
@@ -92,3 +97,18 @@ def finish_logger(logger: Logger | None, failed: bool) -> None:
     wandb.finish(exit_code=1 if failed else 0)
     if offline:
         print(f"W&B run saved offline. Upload it with:\n  wandb sync {run_dir}")
+
+
+class ParameterSummary(RichModelSummary):
+    """Lightning's model summary table, plus the exact counts (shared tensors once) in one log
+    line and, as ``params/total`` and ``params/trainable``, in every logger's hyperparameters."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        params = list(pl_module.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        if trainer.is_global_zero:
+            log.info("parameters: %s trainable of %s total", f"{trainable:,}", f"{total:,}")
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"params/total": total, "params/trainable": trainable})

@@ -25,6 +25,8 @@ def param_groups(
     ``AdamW(model.parameters(), weight_decay=0.1)`` does. ``matrices`` names the 2+-dimensional
     parameters as they were before wrapping: FSDP flattens every tensor into 1-D shards before
     the optimizer is built, so shapes then no longer tell. ``None`` decides by current shapes.
+    The groups are named ``lr`` and ``lr_no_decay``: Lightning's ``LearningRateMonitor`` logs
+    each as ``<scheduler name>/<group name>``, so the task's ``train`` scheduler logs ``train/lr``.
     """
     decay, no_decay = [], []
     for name, p in named_params:
@@ -32,9 +34,9 @@ def param_groups(
             continue
         is_matrix = p.dim() >= 2 if matrices is None else name.replace(FSDP_PREFIX, "") in matrices
         (decay if decay_all or is_matrix else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "lr"}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "lr_no_decay"})
     return groups
 
 

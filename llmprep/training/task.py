@@ -13,7 +13,6 @@ What a LoRA run's checkpoints hold is :mod:`llmprep.model.lora`'s business.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,9 +29,6 @@ from llmprep.model.generate import equal_length_batches, generate
 from llmprep.model.lora import restore_lora, save_lora, start_lora
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
-
-log = logging.getLogger(__name__)
-
 
 MAX_LOG_PPL = 20.0
 """Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
@@ -130,22 +126,6 @@ class GPTTask(L.LightningModule):
         self.tokens_seen += step_tokens
         return step_tokens
 
-    def log_parameter_counts(self) -> dict[str, int]:
-        """Print and log the trainable and total parameter counts (shared tensors once)."""
-        seen: set[int] = set()
-        total = trainable = 0
-        for p in self.parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
-        counts = {"params/total": total, "params/trainable": trainable}
-        log.info("parameters: %s trainable of %s total", f"{trainable:,}", f"{total:,}")
-        for lg in self.loggers:
-            lg.log_hyperparams(counts)
-        return counts
-
     def log_loss(self, split: str, metric: MeanMetric) -> None:
         """Log ``<split>/loss`` (token-weighted over all processes) and ``<split>/ppl``, then
         reset the metric for the next epoch."""
@@ -153,9 +133,6 @@ class GPTTask(L.LightningModule):
         metric.reset()
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
         self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
-
-    def on_fit_start(self) -> None:
-        self.log_parameter_counts()
 
     def samples(self) -> list[dict[str, Any]]:
         """What the model writes at each validation, as rows of equal keys for
@@ -246,11 +223,9 @@ class GPTTask(L.LightningModule):
         scheduler = LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            # LearningRateMonitor logs it as train/lr (see ``param_groups``).
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train"},
         }
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record ``tokens_seen``; a LoRA run's checkpoint keeps only what the run changed (see

@@ -71,6 +71,10 @@ RULES = (
     Rule("eval.batch_size", 1),
 )
 
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+"""The Lightning strategy names ``hardware.strategy`` may hold; any other strategy is a
+``_target_`` config, as ``hardware=fsdp``'s (sharded per transformer block)."""
+
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise a :class:`ConfigError` naming the first key of ``cfg`` with a bad value."""
@@ -88,3 +92,9 @@ def validate_config(cfg: DictConfig) -> None:
             and all(0 <= b < 1 for b in values)
         ):
             raise ConfigError(f"optim.betas={values!r}: expected two numbers in [0, 1)")
+    strategy = OmegaConf.select(cfg, "hardware.strategy", default=None)
+    if isinstance(strategy, str) and strategy not in STRATEGIES:
+        raise ConfigError(
+            f"hardware.strategy={strategy!r}: expected {', '.join(STRATEGIES)} or a _target_ "
+            "config (hardware=fsdp shards per transformer block)"
+        )

@@ -3,9 +3,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import model_size
 from torch import nn
 
-from llmprep.model import GPT, GPTConfig
+from llmprep.model import GPT
 from llmprep.model.generate import equal_length_batches, generate
 
 VOCAB = 101
@@ -14,7 +15,7 @@ VOCAB = 101
 @pytest.fixture(scope="module")
 def model() -> GPT:
     torch.manual_seed(0)
-    config = GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB, context_length=16)
+    config = model_size("gpt2-tiny", vocab_size=VOCAB, context_length=16)
     gpt = GPT(config).eval()
     with torch.no_grad():  # larger weights than the init's, so greedy picks are clear-cut
         for p in gpt.parameters():

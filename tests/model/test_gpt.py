@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import model_size
 from torch import nn
 
 from llmprep.model import GPT, GPTConfig
@@ -12,7 +13,7 @@ VOCAB = 97
 
 def tiny(**overrides: object) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB, **overrides)).eval()
+    return GPT(model_size("gpt2-tiny", vocab_size=VOCAB, **overrides)).eval()
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -23,7 +24,7 @@ def parameter_count(model: nn.Module) -> int:
 @pytest.mark.parametrize(("tie", "expected"), [(False, 163_009_536), (True, 124_412_160)])
 def test_gpt2_small_parameter_count(tie: bool, expected: int) -> None:
     with torch.device("meta"):
-        model = GPT(GPTConfig.from_name("gpt2-small", tie_weights=tie))
+        model = GPT(model_size("gpt2-small", tie_weights=tie))
     assert parameter_count(model) == expected
 
 
@@ -60,7 +61,7 @@ def test_layers_have_the_names_other_code_targets() -> None:
 
 def test_init_scales_residual_projections_down() -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name("gpt2-mini", vocab_size=VOCAB))
+    model = GPT(model_size("gpt2-mini", vocab_size=VOCAB))
     assert model.blocks[0].ff.fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
     residual = 0.02 / math.sqrt(2 * 4)
     assert model.blocks[0].ff.proj.weight.std().item() == pytest.approx(residual, rel=0.05)
@@ -125,7 +126,7 @@ def test_dropout_only_acts_in_training() -> None:
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name("gpt2-tiny", dropout=0.1))
+    model = GPT(model_size("gpt2-tiny", dropout=0.1))
     idx = torch.randint(0, 50257, (2, 16))
     grads, calls = [], []
     forward = model.blocks[0].forward
@@ -142,8 +143,8 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_init_choice_sets_the_scale_of_fresh_weights():
-    gpt2 = GPT(GPTConfig.from_name("gpt2-tiny"))
-    book = GPT(GPTConfig.from_name("gpt2-tiny", init="torch"))
+    gpt2 = GPT(model_size("gpt2-tiny"))
+    book = GPT(model_size("gpt2-tiny", init="torch"))
     assert gpt2.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert book.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)
     with pytest.raises(ValueError, match=r"GPTConfig\.init must be one of gpt2, torch"):

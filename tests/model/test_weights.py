@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import huggingface_hub.constants
 import pytest
 import torch
+from conftest import model_size
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llmprep.model import GPT, GPTConfig
+from llmprep.model import GPT
 from llmprep.model.weights import export_hf, load_pretrained
 
 VOCAB = 101
@@ -125,7 +126,7 @@ def test_untying_override_copies_the_embedding_into_the_head(hf_dir: Path) -> No
 def test_export_loads_in_transformers_with_equal_logits(
     tie: bool, qkv_bias: bool, tokens: torch.Tensor, tmp_path: Path
 ) -> None:
-    config = GPTConfig.from_name(
+    config = model_size(
         "gpt2-tiny",
         vocab_size=VOCAB,
         context_length=64,
@@ -148,7 +149,7 @@ def test_export_loads_in_transformers_with_equal_logits(
 
 
 def test_export_keeps_other_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
-    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB))
+    model = GPT(model_size("gpt2-tiny", vocab_size=VOCAB))
     (tmp_path / "tokenizer.json").write_text("{}")
     export_hf(model, tmp_path)
     export_hf(model, tmp_path)
@@ -160,7 +161,7 @@ def test_export_keeps_other_files_and_leaves_no_temporaries(tmp_path: Path) -> N
 
 
 def test_export_refuses_a_classifier_head(tmp_path: Path) -> None:
-    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB))
+    model = GPT(model_size("gpt2-tiny", vocab_size=VOCAB))
     model.out_head = nn.Linear(64, 2)
     with pytest.raises(ValueError, match="classifier head"):
         export_hf(model, tmp_path / "out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT
@@ -9,17 +10,34 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import OmegaConf
 
-from llmprep.training.hardware import apply_threads, build_strategy, trainer_kwargs
+from llmprep.errors import ConfigError
+from llmprep.model.gpt import Block
+from llmprep.training.hardware import apply_threads, trainer_kwargs
+from llmprep.training.validate import validate_config
 
 CONF = str(ROOT / "conf")
 
 
+def _hardware(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=CONF):
+        return compose("train", overrides=list(overrides))
+
+
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "multinode"])
 def test_each_hardware_config_composes(name):
-    with initialize_config_dir(version_base="1.3", config_dir=CONF):
-        cfg = compose("train", overrides=[f"hardware={name}"])
-    kwargs = trainer_kwargs(cfg.hardware)
+    kwargs = trainer_kwargs(_hardware(f"hardware={name}").hardware)
     assert set(kwargs) == {"accelerator", "devices", "num_nodes", "strategy", "precision"}
+
+
+def test_hardware_files_state_what_differs_from_the_default():
+    gpu, ddp, multinode = (
+        trainer_kwargs(_hardware(f"hardware={name}").hardware)
+        for name in ("gpu", "ddp", "multinode")
+    )
+    assert (gpu["accelerator"], gpu["devices"], gpu["precision"]) == ("gpu", 1, "bf16-mixed")
+    assert (ddp["devices"], ddp["strategy"], ddp["precision"]) == (-1, "ddp", "bf16-mixed")
+    assert (multinode["num_nodes"], multinode["devices"], multinode["strategy"]) == (2, 8, "ddp")
+    assert _hardware("hardware=ddp_cpu").hardware.threads == 1
 
 
 def test_threads_setting_applies_and_rejects_nonsense():
@@ -34,11 +52,18 @@ def test_threads_setting_applies_and_rejects_nonsense():
 
 
 def test_strategies():
-    assert isinstance(build_strategy("ddp"), DDPStrategy)
-    assert isinstance(build_strategy("fsdp"), FSDPStrategy)
-    assert build_strategy("auto") == "auto"
-    with pytest.raises(ValueError, match=r"hardware\.strategy='deepspeed'"):
-        build_strategy("deepspeed")
+    """DDP keeps find_unused_parameters off; FSDP shards per transformer block; an unknown name
+    is refused up front, naming the key."""
+    ddp = trainer_kwargs(_hardware("hardware=ddp_cpu").hardware)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=ddp["strategy"], logger=False)
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert not trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
+    fsdp = trainer_kwargs(_hardware("hardware=fsdp").hardware)["strategy"]
+    assert isinstance(fsdp, FSDPStrategy)
+    assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert trainer_kwargs(_hardware().hardware)["strategy"] == "auto"
+    with pytest.raises(ConfigError, match=r"hardware\.strategy='deepspeed'"):
+        validate_config(_hardware("hardware.strategy=deepspeed"))
 
 
 def test_slurm_experiment_composes_with_the_submitit_launcher():

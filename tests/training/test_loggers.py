@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmprep.training.loggers import run_name_and_group, wandb_mode
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from llmprep.training.loggers import build_logger, run_name_and_group, wandb_mode
 
 
 def test_wandb_is_offline_without_credentials(monkeypatch, tmp_path):
@@ -33,3 +35,14 @@ def test_jobs_of_one_sweep_share_a_group():
     b = run_name_and_group("pretrain", Path("multirun/2026-11-25/10-00-00/1"), 1)
     assert a[1] == b[1] == "sweep-2026-11-25-10-00-00"
     assert a[0] != b[0]
+
+
+def test_logger_configs_instantiate_lightnings_loggers(compose_run, tmp_path):
+    """Each logger writes under the run folder; W&B keys a conf/local file sets for every run
+    (``logger.entity``) do not reach the other loggers."""
+    for name, cls in (("csv", CSVLogger), ("tensorboard", TensorBoardLogger)):
+        cfg = compose_run(f"logger={name}", "+logger.entity=my-team")
+        logger = build_logger(cfg.logger, "pretrain", tmp_path / "run", None, {})
+        assert isinstance(logger, cls)
+        assert Path(logger.log_dir) == tmp_path / "run" / name
+    assert build_logger(compose_run("logger=none").logger, "pretrain", tmp_path, None, {}) is None

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import lightning as L
 import pytest
+from conftest import model_size
 
 from llmprep.run import train
 from llmprep.training.throughput import TOKENS_PER_SEC
@@ -46,7 +47,7 @@ def _run(compose_run, *extra: str) -> Path:
         "trainer.limit_val_batches=0",
         "trainer.log_every_n_steps=1",
         "callbacks.throughput.window_size=3",
-        "+callbacks.slow._target_=test_throughput.SlowOptimizer",
+        f"+callbacks.slow._target_={__name__}.SlowOptimizer",
         *extra,
     )
     train(cfg)
@@ -72,9 +73,9 @@ def test_flops_and_mfu_follow_the_model_count(compose_run, monkeypatch):
     peak = 1e12
     monkeypatch.setattr(monitor, "get_available_flops", lambda device, dtype: peak)
     run = _run(compose_run)
-    from llmprep.model import GPT, GPTConfig
+    from llmprep.model import GPT
 
-    model = GPT(GPTConfig.from_name("gpt2-tiny"))
+    model = GPT(model_size("gpt2-tiny"))
     flops_per_batch = model.flops_per_token(128) * TOKENS_PER_BATCH
     tokens_per_s = _metric(run, TOKENS_PER_SEC)
     flops_per_s = _metric(run, "train/device/flops_per_sec")

@@ -387,6 +387,6 @@ class ClassificationDataModule(ResumableDataModule):
         return {
             "label_names": self.label_names,
             "pad_length": self.pad_length,
-            "max_length": self.max_length,
+            "max_length": self.limit,
             "lowercase": self.lowercase,
         }
