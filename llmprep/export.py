@@ -65,13 +65,13 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     if not has_classifier_head(model):
         return export_hf(model, out_dir)
     hparams = ckpt["hyper_parameters"]
-    config = hparams.get("config", {})
+    stage = hparams.get("config", {}).get("stage", {})
     return export_classifier(
         model,
         out_dir,
         hparams.get("label_names"),
-        stage=config.get("stage", {}).get("name"),
-        pooling=config.get("classify", {}).get("pooling"),
+        stage=stage.get("name"),
+        pooling=stage.get("pooling"),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import asdict
@@ -27,8 +26,6 @@ from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
-
-log = logging.getLogger(__name__)
 
 
 def pin_worker_command() -> None:

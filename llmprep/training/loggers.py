@@ -60,15 +60,17 @@ def build_logger(
 
     A W&B run gets its mode, name and group as above, and ``config`` (the plain, redacted run
     config) as its config; it starts here, on rank 0, with secrets redacted from the command line
-    it records. Other loggers get only the keys their class takes: W&B settings kept in
-    ``conf/local`` (``logger.entity``) are not theirs.
+    it records. Other loggers get only the keys their class takes (W&B settings kept in
+    ``conf/local``, ``logger.entity``, are not theirs) and ``config`` as hyperparameters.
     """
     if not settings or "_target_" not in settings:
         return None
     cls = get_class(settings._target_)
     if cls is not WandbLogger:
         taken = inspect.signature(cls).parameters
-        return instantiate({k: v for k, v in settings.items() if k in taken or k == "_target_"})
+        logger = instantiate({k: v for k, v in settings.items() if k in taken or k == "_target_"})
+        logger.log_hyperparams({"run_config": config})
+        return logger
     name, group = run_name_and_group(stage, output_dir, job_num)
     wandb_logger = instantiate(settings, _partial_=True, _convert_="all")
     logger = wandb_logger(

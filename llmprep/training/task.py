@@ -100,13 +100,9 @@ class GPTTask(L.LightningModule):
             self.model, config.get("lora"), base_tensors, config.get("init_from"), model is not None
         )
         self.tokens_seen = 0
+        self.val_loss = MeanMetric()
         self.matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
         self._flops_per_batch: int | None = None
-
-    @property
-    def sharded(self) -> bool:
-        """True under FSDP (see :func:`is_sharded`)."""
-        return is_sharded(self.trainer)
 
     def adapt_model(self, model: GPT) -> torch.nn.Module:
         """The stage's changes to the GPT before training (a new head, frozen parts).
@@ -126,13 +122,24 @@ class GPTTask(L.LightningModule):
         self.tokens_seen += step_tokens
         return step_tokens
 
-    def log_loss(self, split: str, metric: MeanMetric) -> None:
-        """Log ``<split>/loss`` (token-weighted over all processes) and ``<split>/ppl``, then
-        reset the metric for the next epoch."""
-        loss = metric.compute()
-        metric.reset()
-        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=False)
-        self.log(f"{split}/ppl", perplexity(loss), sync_dist=False)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Next-token training (pretrain, instruct); a stage with another loss overrides the
+        training, validation and test steps."""
+        loss, _ = self.loss_and_tokens(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, tokens = self.loss_and_tokens(batch)
+        if tokens:
+            self.val_loss.update(loss, weight=tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/loss`` (token-weighted over all processes) and ``val/ppl``."""
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", perplexity(loss), sync_dist=False)
 
     def samples(self) -> list[dict[str, Any]]:
         """What the model writes at each validation, as rows of equal keys for
@@ -279,11 +286,3 @@ class GPTTask(L.LightningModule):
                     new[: new.index(tok.eot_id)] if tok.eot_id in new else new
                 )
         return texts
-
-    def complete(
-        self, prompt: str, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None
-    ) -> str:
-        """The model's continuation of ``prompt`` (stops at ``<|endoftext|>``)."""
-        return self.continuations(
-            [self.tokenizer.encode(prompt)], max_new_tokens, temperature, top_k
-        )[0]

@@ -19,7 +19,6 @@ same, whatever its size).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,20 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import (
-    BinaryF1Score,
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
+from torchmetrics import MeanMetric, classification
 
 from llmprep.model import GPT
 from llmprep.model.modes import evaluating
 from llmprep.stages.classify.data import encode_texts
 from llmprep.training.task import GPTTask, test_metric_prefix
-
-log = logging.getLogger(__name__)
 
 POOLINGS = ("last_real", "last", "mean")
 TRAINABLE = ("last_block", "last_n_blocks", "head", "all")
@@ -107,12 +98,14 @@ class ClassificationScores(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.accuracy = classification.MulticlassAccuracy(num_classes, average="micro")
         self.f1 = (
-            BinaryF1Score() if num_classes == 2 else MulticlassF1Score(num_classes, average="macro")
+            classification.BinaryF1Score()
+            if num_classes == 2
+            else classification.MulticlassF1Score(num_classes, average="macro")
         )
         self.loss = MeanMetric()
-        self.confusion = MulticlassConfusionMatrix(num_classes)
+        self.confusion = classification.MulticlassConfusionMatrix(num_classes)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of class logits [B, C] and true label ids [B]."""

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torchmetrics import MeanMetric
 
 from llmprep.model import GPT
 from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.prompts import get_style
 from llmprep.training.task import GPTTask
-
-log = logging.getLogger(__name__)
 
 RESPONSES_FILE = "test_responses.json"
 
@@ -37,7 +33,6 @@ class InstructTask(GPTTask):
     ) -> None:
         super().__init__(config, model_config, model)
         self.style = get_style(prompt_style)
-        self.val_loss = MeanMetric()
 
     def adapt_model(self, model: GPT) -> torch.nn.Module:
         """The GPT as it is; a model whose head is not the vocabulary (a classifier) is refused."""
@@ -48,19 +43,6 @@ class InstructTask(GPTTask):
                 f"outputs, but the model's out_head has {head} (a classifier checkpoint?)"
             )
         return model
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self.loss_and_tokens(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        loss, tokens = self.loss_and_tokens(batch)
-        if tokens:
-            self.val_loss.update(loss, weight=tokens)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_loss("val", self.val_loss)
 
     def samples(self) -> list[dict[str, Any]]:
         """Greedy answers to the first ``stage.sample.count`` validation records."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import MeanMetric
 
 from llmprep.training.task import GPTTask
 
@@ -13,24 +12,6 @@ from llmprep.training.task import GPTTask
 class PretrainTask(GPTTask):
     """Trains the GPT on sliding windows; its samples (continuations of ``stage.sample.prompt``)
     are logged at each validation so progress can be read, not only plotted."""
-
-    def __init__(self, config: dict[str, Any], model_config: dict[str, Any], model=None) -> None:
-        super().__init__(config, model_config, model)
-        self.val_loss = MeanMetric()
-
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        loss, _ = self.loss_and_tokens(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, tokens = self.loss_and_tokens(batch)
-        self.val_loss.update(loss, weight=tokens)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_loss("val", self.val_loss)
 
     def sample_texts(self) -> dict[str, str]:
         """The prompt and its continuation by each decoding of ``stage.sample``, one line each.

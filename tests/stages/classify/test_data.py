@@ -89,7 +89,8 @@ def test_batches_pad_to_the_longest_training_text_and_keep_lengths(tmp_path: Pat
     longest = max(len(ex.text.split()) for ex in dm.splits["train"])
     assert dm.pad_length == longest
 
-    for loader, split in ((dm.train_dataloader(), "train"), (dm.test_dataloader(), "test")):
+    test_loader = dm.test_dataloader()[dm.test_splits.index("test")]
+    for loader, split in ((dm.train_dataloader(), "train"), (test_loader, "test")):
         seen = 0
         for batch in loader:
             ids, lengths = batch["input_ids"], batch["lengths"]
@@ -100,7 +101,7 @@ def test_batches_pad_to_the_longest_training_text_and_keep_lengths(tmp_path: Pat
                 assert (row[length:] == PAD).all() and (row[:length] != PAD).all()
             seen += len(lengths)
         assert seen == len(dm.datasets[split])
-    test_lengths = torch.cat([b["lengths"] for b in dm.test_dataloader()]).tolist()
+    test_lengths = torch.cat([b["lengths"] for b in test_loader]).tolist()
     assert test_lengths == [min(len(ex.text.split()), longest) for ex in dm.splits["test"]]
 
 

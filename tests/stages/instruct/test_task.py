@@ -93,7 +93,7 @@ def test_validation_and_test_losses_are_logged_and_samples_printed(run: Path) ->
     log = (run / "train.log").read_text(encoding="utf-8")
     validation = json.loads((run / "val.json").read_text(encoding="utf-8"))
     for record in validation:
-        assert f"sample at step 2: {record['instruction']!r} -> " in log
+        assert f"sample at step 2: instruction: {record['instruction']!r} | " in log
 
 
 def test_bad_records_fail_the_command_naming_file_record_and_field(tmp_path: Path) -> None:
