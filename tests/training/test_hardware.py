@@ -18,26 +18,21 @@ from llmprep.training.validate import validate_config
 CONF = str(ROOT / "conf")
 
 
-def _hardware(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=CONF):
-        return compose("train", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "multinode"])
-def test_each_hardware_config_composes(name):
-    kwargs = trainer_kwargs(_hardware(f"hardware={name}").hardware)
+def test_each_hardware_config_composes(compose_run, name):
+    kwargs = trainer_kwargs(compose_run(f"hardware={name}").hardware)
     assert set(kwargs) == {"accelerator", "devices", "num_nodes", "strategy", "precision"}
 
 
-def test_hardware_files_state_what_differs_from_the_default():
+def test_hardware_files_state_what_differs_from_the_default(compose_run):
     gpu, ddp, multinode = (
-        trainer_kwargs(_hardware(f"hardware={name}").hardware)
+        trainer_kwargs(compose_run(f"hardware={name}").hardware)
         for name in ("gpu", "ddp", "multinode")
     )
     assert (gpu["accelerator"], gpu["devices"], gpu["precision"]) == ("gpu", 1, "bf16-mixed")
     assert (ddp["devices"], ddp["strategy"], ddp["precision"]) == (-1, "ddp", "bf16-mixed")
     assert (multinode["num_nodes"], multinode["devices"], multinode["strategy"]) == (2, 8, "ddp")
-    assert _hardware("hardware=ddp_cpu").hardware.threads == 1
+    assert compose_run("hardware=ddp_cpu").hardware.threads == 1
 
 
 def test_threads_setting_applies_and_rejects_nonsense():
@@ -51,19 +46,19 @@ def test_threads_setting_applies_and_rejects_nonsense():
         torch.set_num_threads(before)
 
 
-def test_strategies():
+def test_strategies(compose_run):
     """DDP keeps find_unused_parameters off; FSDP shards per transformer block; an unknown name
     is refused up front, naming the key."""
-    ddp = trainer_kwargs(_hardware("hardware=ddp_cpu").hardware)
+    ddp = trainer_kwargs(compose_run("hardware=ddp_cpu").hardware)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=ddp["strategy"], logger=False)
     assert isinstance(trainer.strategy, DDPStrategy)
     assert not trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
-    fsdp = trainer_kwargs(_hardware("hardware=fsdp").hardware)["strategy"]
+    fsdp = trainer_kwargs(compose_run("hardware=fsdp").hardware)["strategy"]
     assert isinstance(fsdp, FSDPStrategy)
     assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {Block}
-    assert trainer_kwargs(_hardware().hardware)["strategy"] == "auto"
+    assert trainer_kwargs(compose_run().hardware)["strategy"] == "auto"
     with pytest.raises(ConfigError, match=r"hardware\.strategy='deepspeed'"):
-        validate_config(_hardware("hardware.strategy=deepspeed"))
+        validate_config(compose_run("hardware.strategy=deepspeed"))
 
 
 def test_slurm_experiment_composes_with_the_submitit_launcher():

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from llmprep.data.errors import DataError
@@ -39,9 +37,10 @@ def module(path: Path, **kwargs) -> ClassificationDataModule:
     return dm
 
 
-def test_sms_spam_config_gives_the_books_balanced_splits(mirror: Path, tmp_path: Path) -> None:
-    with initialize_config_dir(str(ROOT / "conf" / "data"), version_base="1.3"):
-        cfg = compose("sms_spam")
+def test_sms_spam_config_gives_the_books_balanced_splits(
+    mirror: Path, tmp_path: Path, compose_run
+) -> None:
+    cfg = compose_run("stage=classify").data
     dm = instantiate(cfg, context_length=1024, output_dir=str(tmp_path / "splits"))
     dm.prepare_data()
     dm.setup("fit")

@@ -10,8 +10,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import run_cli
 
 from llmprep.model import GPTConfig
 from llmprep.stages.classify.data import encode_texts
@@ -235,10 +234,9 @@ def test_bad_data_stops_the_command_with_the_file_and_line(tmp_path: Path) -> No
     assert f"{data}, line 3, column 'text': empty text" in result.stderr
 
 
-def test_experiments_compose_to_their_documented_settings() -> None:
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        book = compose("train", overrides=["experiment=book_ch06"])
-        scratch = compose("train", overrides=["experiment=spam_from_scratch"])
+def test_experiments_compose_to_their_documented_settings(compose_run) -> None:
+    book = compose_run("experiment=book_ch06")
+    scratch = compose_run("experiment=spam_from_scratch")
     assert book.stage.name == scratch.stage.name == "classify"
     assert (book.model.name, book.init_from, book.seed) == (
         "gpt2-small",

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, FakeJudge, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import FakeJudge, run_cli
 
 from llmprep.stages.instruct.evaluate import evaluate
 from llmprep.stages.instruct.judge import JudgeError
@@ -118,17 +117,14 @@ def test_evaluate_cli_reports_loss_answers_and_judge_scores(
     assert "LLM judge" in result.stdout and "score histogram" in result.stdout
 
 
-def compose_evaluate(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=list(overrides))
-
-
-def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(run: Path) -> None:
+def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(
+    compose_run, run: Path
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/chat"
     ckpt = run / "checkpoints" / "last.ckpt"
-    cfg = compose_evaluate(
+    cfg = compose_run(
         "stage=instruct",
         f"ckpt_path={ckpt}",
         "stage.generation.limit=1",
@@ -136,6 +132,7 @@ def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(run: Path)
         "eval.judge=true",
         f"judge.url={url}",
         "judge.retries=0",
+        config_name="evaluate",
     )
     with pytest.raises(JudgeError, match=f"judge at {url} gave no answer"):
         evaluate(cfg, ckpt)
@@ -144,10 +141,10 @@ def test_unreachable_judge_fails_naming_the_url_after_saving_the_loss(run: Path)
     assert len(json.loads((run / "checkpoints" / "last.test_responses.json").read_text())) == 1
 
 
-def test_a_checkpoint_of_another_stage_is_refused(run: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_of_another_stage_is_refused(compose_run, run: Path, tmp_path: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     ckpt["config"]["stage"]["name"] = "pretrain"
     other = tmp_path / "pretrain.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="trained by stage 'pretrain'"):
-        evaluate(compose_evaluate("stage=instruct", f"ckpt_path={other}"), other)
+        evaluate(compose_run("stage=instruct", f"ckpt_path={other}", config_name="evaluate"), other)

@@ -11,10 +11,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import run_cli
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
 from torch import nn
 
 from llmprep.model import GPT, GPTConfig
@@ -230,13 +228,8 @@ def test_a_classifier_head_is_refused() -> None:
         InstructTask({}, vars(TINY), model=model)
 
 
-def compose_train(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2() -> None:
-    cfg = compose_train("stage=instruct")
+def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2(compose_run) -> None:
+    cfg = compose_run("stage=instruct")
     assert (cfg.stage.name, cfg.stage.monitor) == ("instruct", "val/loss")
     assert (cfg.model.name, cfg.init_from) == ("gpt2-small", "openai-community/gpt2")
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.decay_all) == (5e-5, 0.1, True)
@@ -246,11 +239,11 @@ def test_stage_defaults_are_the_books_optimizer_on_pretrained_gpt2() -> None:
         "instruction-data",
     )
     assert cfg.stage.generation.max_new_tokens == 256 and cfg.stage.generation.limit is None
-    assert compose_train("stage=instruct", "model=gpt2-tiny").model.name == "gpt2-tiny"
+    assert compose_run("stage=instruct", "model=gpt2-tiny").model.name == "gpt2-tiny"
 
 
-def test_book_chapter_7_experiment_composes() -> None:
-    cfg = compose_train("experiment=book_ch07")
+def test_book_chapter_7_experiment_composes(compose_run) -> None:
+    cfg = compose_run("experiment=book_ch07")
     assert cfg.stage.name == "instruct"
     assert (cfg.model.name, cfg.init_from) == ("gpt2-medium", "openai-community/gpt2-medium")
     assert (cfg.seed, cfg.data.prompt_style, cfg.data.batch_size) == (123, "alpaca", 8)
