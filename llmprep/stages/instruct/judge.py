@@ -25,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llmprep.errors import UserError
@@ -112,6 +113,7 @@ def detect_api(url: str) -> str:
     )
 
 
+@dataclass
 class Judge:
     """A chat endpoint used as a grader.
 
@@ -123,42 +125,34 @@ class Judge:
     as a bearer token, so the key itself never sits in a config file or a run log.
     """
 
-    def __init__(
-        self,
-        url: str = "http://localhost:11434/api/chat",
-        model: str = "llama3",
-        api: str = "auto",
-        temperature: float = 0.0,
-        seed: int | None = 123,
-        timeout: float = 120.0,
-        retries: int = 2,
-        backoff: float = 2.0,
-        api_key_env: str | None = None,
-    ) -> None:
-        scheme = urllib.parse.urlparse(url).scheme
-        if scheme not in ("http", "https"):
-            raise ValueError(f"judge.url {url!r} must be an http:// or https:// URL")
-        if api not in APIS:
-            raise ValueError(f"judge.api {api!r} is not one of {list(APIS)}")
-        if timeout <= 0 or retries < 0 or backoff < 0:
+    url: str = "http://localhost:11434/api/chat"
+    model: str = "llama3"
+    api: str = "auto"
+    temperature: float = 0.0
+    seed: int | None = 123
+    timeout: float = 120.0
+    retries: int = 2
+    backoff: float = 2.0
+    api_key_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if urllib.parse.urlparse(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"judge.url {self.url!r} must be an http:// or https:// URL")
+        if self.api not in APIS:
+            raise ValueError(f"judge.api {self.api!r} is not one of {list(APIS)}")
+        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
             raise ValueError(
                 "judge.timeout must be positive and judge.retries, judge.backoff non-negative, "
-                f"got {timeout}, {retries}, {backoff}"
+                f"got {self.timeout}, {self.retries}, {self.backoff}"
             )
-        self.url = url
-        self.api = detect_api(url) if api == "auto" else api
-        self.model = model
-        self.temperature = temperature
-        self.seed = seed
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
+        self.api = detect_api(self.url) if self.api == "auto" else self.api
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key_env:
-            key = os.environ.get(api_key_env)
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
             if not key:
                 raise JudgeError(
-                    f"judge at {url}: judge.api_key_env names {api_key_env}, which is not set"
+                    f"judge at {self.url}: judge.api_key_env names {self.api_key_env}, which is "
+                    "not set"
                 )
             self.headers["Authorization"] = f"Bearer {key}"
 
