@@ -2,36 +2,30 @@
 
 The ``classify`` and ``instruct`` stages read their records here: from a CSV or TSV file, a JSON
 list, JSON lines, a Parquet file or a Hugging Face hub dataset (``hf:<name>``), or from a folder
-already split into one such file per split (``split_files``). ``datasets`` reads them; this
-module picks each record's fields, checks their values and reports every problem as one
-``DataError`` naming the file, the line where the record starts (in the formats with lines) and
-the field. The splits are ``train``, ``val`` and ``test`` everywhere (``SPLITS``).
+already split into one such file per split (``split_files``). This module picks each record's
+fields, checks their values and reports every problem as one ``DataError`` naming the file, the
+line where the record starts (in the formats with lines) and the field. The splits are
+``train``, ``val`` and ``test`` everywhere (``SPLITS``).
 
-Why some reading is ours: ``datasets`` names no line in its errors (pandas counts rows, pyarrow
-the rows of one read block, ujson a byte offset), and it takes a ``.json`` file holding JSON
-lines, one object or a list of strings for records. So when it fails, when a ``.json`` file does
-not open as a list of objects, or when a record turns out bad, the file is read again with the
-standard library (``_scan``) to find the first malformed record or the bad one's line. A good
-file is read once, by ``datasets``.
-
-Local files are loaded into memory through a temporary folder, so ``datasets`` caches nothing
-for them, neither in the user's cache nor beside a shared read-only file; hub datasets use the
-hub's own cache (see ``llmprep.data.hub``).
+Decision: the text formats (CSV, TSV, JSON, JSON lines) are read with the standard library, in
+one pass that knows each record's line; ``datasets`` reads hub datasets and ``pyarrow`` (its
+table library) Parquet files. ``datasets`` names no line in its errors (pandas counts rows,
+pyarrow the rows of one read block, ujson a byte offset), caches every local file it loads, and
+takes a ``.json`` file holding JSON lines, one object or a list of strings for records. Hub
+datasets use the hub's own cache (see ``llmprep.data.hub``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import itertools
 import json
-import logging
 import random
 import re
-import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,10 +47,6 @@ SUFFIX_FORMATS = {
     ".parquet": "parquet",
 }
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
-_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
-_LINED = ("csv", "tsv", "jsonl")
-# What ``datasets`` reads as a JSON list of objects: the list opens with an object, or is empty.
-_JSON_LIST = re.compile(rb"(\xef\xbb\xbf)?\s*\[\s*[{\]]")
 # Bytes that are not UTF-8 survive decoding as lone surrogates (``errors="surrogateescape"``), so
 # they can be reported at the field that holds them.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -66,35 +56,22 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Origin:
-    """Where records were read: a file, its format and a header-less file's column names, or a
-    hub id (``format`` ``None``); it turns a problem with one record into a ``DataError``."""
+class Place:
+    """Where one record was read: record ``index`` (0-based) of a file in ``format`` or of a hub
+    dataset (``format`` ``None``), starting at ``line`` (``None`` where the format has no record
+    lines); it turns a problem with that record into a ``DataError``."""
 
     path: str | Path
-    format: str | None = None
-    columns: tuple[str, ...] | None = None
+    format: str | None
+    line: int | None
+    index: int
 
-    def error(self, index: int, field: str | None, message: str) -> DataError:
-        """A ``DataError`` at record ``index`` (0-based) and ``field``, with the record's line.
-
-        The line is looked up only now, by reading the file again (``_scan``); a malformed
-        record before it is reported instead, as the file's first problem.
-        """
-        line = None
-        if self.format in _LINED:
-            records = _scan(Path(self.path), self.format, self.columns)
-            line = next(itertools.islice(records, index, None), (None, None))[0]
-        return _record_error(self.path, self.format, line, index, field, message)
-
-
-def _record_error(
-    path: str | Path, fmt: str | None, line: int | None, index: int, field: str | None, message: str
-) -> DataError:
-    """A ``DataError`` about record ``index``: a CSV or TSV row is named by its line, a record of
-    the other formats by its index too, since a JSON list or a hub dataset has no lines."""
-    if fmt not in ("csv", "tsv"):
-        message = f"record {index}: {message}"
-    return DataError(path, line, field, message)
+    def error(self, field: str | None, message: str) -> DataError:
+        """A ``DataError`` at ``field`` of this record: a CSV or TSV row is named by its line, a
+        record of the other formats by its index too, since a JSON list or a table has no lines."""
+        if self.format not in ("csv", "tsv"):
+            message = f"record {self.index}: {message}"
+        return DataError(self.path, self.line, field, message)
 
 
 def file_format(path: Path, format: str | None = None) -> str:
@@ -182,33 +159,42 @@ def read_records(
     format: str | None = None,
     columns: Sequence[str] | None = None,
     nonblank: Collection[str] = (),
-) -> tuple[Origin, list[Record]]:
+) -> tuple[list[Place], list[Record]]:
     """Every record of a file, or of a hub dataset's train split, as ``{name: value}`` in file
-    order, and the ``Origin`` that points back into the file.
+    order, and the ``Place`` of each.
 
     ``fields`` maps each name to the key (the column) that holds it, or to ``None`` for a name
     left empty. Values must be strings; an integer (a label such as 0 or 1) is taken in its JSON
     spelling. The names in ``nonblank`` must hold more than white space. CSV is read with
     standard quoting and TSV with quoting off, since TSV has no quoting and a text may start with
     a quote (the SMS collection's do); both start with a header row unless ``columns`` names
-    their columns. Blank lines are skipped; other keys are dropped.
+    their columns, and a short row's missing fields are empty. Blank lines are skipped; other
+    keys are dropped.
     """
     keys = [key for key in fields.values() if key is not None]
-    if str(source).startswith(HUB_PREFIX):
-        origin = Origin(str(source))
-        rows = _rows(origin, _hub(str(source)), keys)
+    fmt = None if str(source).startswith(HUB_PREFIX) else file_format(Path(source), format)
+    path = Path(source) if fmt else str(source)
+    if columns and fmt not in (None, "csv", "tsv"):
+        raise ValueError(f"{path}: data.columns names the columns of CSV/TSV files, not {fmt}")
+    if fmt in ("csv", "tsv", "json", "jsonl"):
+        rows = list(_text_records(Path(path), fmt, columns, keys))
+        names = list(dict.fromkeys(key for _, row in rows for key in row))
     else:
-        path = Path(source)
-        origin = Origin(path, file_format(path, format), tuple(columns) if columns else None)
-        rows = _load(origin, keys)
+        table = _parquet(Path(path)) if fmt else _hub(str(path)).with_format("arrow")[:]
+        names = table.column_names
+        picked = table.select([name for name in names if name in keys]).to_pylist()
+        rows = [(Place(path, fmt, None, index), row) for index, row in enumerate(picked)]
     if not rows:
-        raise DataError(origin.path, None, None, "the file holds no records")
-    return origin, [_record(origin, index, row, fields, nonblank) for index, row in enumerate(rows)]
+        raise DataError(path, None, None, "the file holds no records")
+    for key in keys:
+        if key not in names:
+            raise DataError(path, None, key, f"missing: the records have {names}")
+    places = [place for place, _ in rows]
+    return places, [_record(place, row, fields, nonblank) for place, row in rows]
 
 
 def _record(
-    origin: Origin,
-    index: int,
+    place: Place,
     row: Mapping[str, Any],
     fields: Mapping[str, str | None],
     nonblank: Collection[str],
@@ -216,100 +202,36 @@ def _record(
     """The record of one row, or the ``DataError`` of its first bad field."""
     record = {}
     for name, key in fields.items():
-        value = "" if key is None else row[key]
+        value = "" if key is None else row.get(key)
         if isinstance(value, bool | int):
             value = json.dumps(value)
         if value is None:
-            raise origin.error(index, key, "missing, or null: expected a string, got None")
+            raise place.error(key, "missing, or null: expected a string, got None")
         if not isinstance(value, str):
-            raise origin.error(index, key, f"expected a string, got {value!r:.80}")
+            raise place.error(key, f"expected a string, got {value!r:.80}")
         if name in nonblank and not value.strip():
-            raise origin.error(index, key, f"empty {name}")
+            raise place.error(key, f"empty {name}")
         record[name] = value
     return record
 
 
-def _rows(origin: Origin, table: Any, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``keys`` of each row of a ``datasets.Dataset``; a key it lacks is a ``DataError``."""
-    for key in keys:
-        if key not in table.column_names:
-            message = f"missing: the records have {table.column_names}"
-            raise DataError(origin.path, None, key, message)
-    return table.select_columns(list(keys)).to_list()
+def _parquet(path: Path) -> Any:
+    """The table of a Parquet file (a ``pyarrow.Table``), or the ``DataError`` of its problem."""
+    import pyarrow.parquet as pq
 
-
-def _load(origin: Origin, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``keys`` of each row of a file read by ``datasets`` into memory (``_rows``), or the
-    ``DataError`` of the file's first problem.
-
-    CSV/TSV columns are read as strings, exactly as written (``"007"`` stays ``"007"``, ``NA``
-    stays ``NA``), and only the ``keys`` are kept.
-    """
-    from datasets import Features, Value, load_dataset
-
-    path, fmt = Path(origin.path), origin.format
-    options: dict[str, Any] = {}
-    if fmt in ("csv", "tsv"):
-        options = {
-            "sep": "\t" if fmt == "tsv" else ",",
-            "quoting": csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
-            "na_filter": False,
-            "features": Features({key: Value("string") for key in keys}),
-        }
-        if origin.columns:
-            options.update(header=None, names=list(origin.columns))
-    elif origin.columns:
-        raise ValueError(f"{path}: data.columns names the columns of CSV/TSV files, not {fmt}")
     try:
-        if fmt == "json":
-            with path.open("rb") as head:
-                if not _JSON_LIST.match(head.read(256)):
-                    raise ValueError("not a JSON list of objects")
-        with _quiet_datasets(), tempfile.TemporaryDirectory() as scratch:
-            table = load_dataset(
-                _BUILDERS[fmt],
-                data_files={"train": str(path)},
-                split="train",
-                cache_dir=scratch,
-                keep_in_memory=True,
-                **options,
-            )
-        return _rows(origin, table, keys)
-    except DataError:
-        raise
-    except Exception as err:
-        if fmt != "parquet" and not sum(1 for _ in _scan(path, fmt, origin.columns, keys)):
-            raise DataError(path, None, None, "the file holds no records") from err
-        raise DataError(
-            path, None, None, f"cannot read it as {fmt}: {err.__cause__ or err}"
-        ) from err
+        return pq.read_table(path)
+    except (OSError, ValueError) as err:
+        raise DataError(path, None, None, f"cannot read it as parquet: {err}") from err
 
 
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """``datasets`` without its progress bars and error logs while it reads a local file: the
-    read takes a blink, and a failure is reported once, as our ``DataError``."""
-    import datasets
-
-    logger, bars_off = logging.getLogger("datasets"), datasets.are_progress_bars_disabled()
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        if not bars_off:
-            datasets.enable_progress_bars()
-
-
-def _scan(
+def _text_records(
     path: Path, fmt: str, columns: Sequence[str] | None = None, required: Sequence[str] = ()
-) -> Iterator[tuple[int | None, dict[str, Any]]]:
-    """``(line, record)`` for each record of a CSV, TSV, JSON or JSON-lines file, read with the
-    standard library to place an error (see the module docstring); the first malformed record
-    (or a header without a ``required`` column) raises its ``DataError``. A JSON list has no
-    record lines: its lines are ``None``, and bytes that are not UTF-8 are placed by their own.
+) -> Iterator[tuple[Place, dict[str, Any]]]:
+    """``(place, record)`` for each record of a CSV, TSV, JSON or JSON-lines file; the first
+    malformed record (or a header without a ``required`` column) raises its ``DataError``. A JSON
+    list has no record lines: its lines are ``None``, and bytes that are not UTF-8 are placed by
+    their own.
     """
     try:
         raw = path.read_bytes()
@@ -331,14 +253,13 @@ def _scan(
     else:
         items = _delimited_items(path, text, fmt, columns, required)
     for index, (line, item) in enumerate(items):
+        place = Place(path, fmt, line, index)
         if not isinstance(item, dict):
-            kind = type(item).__name__
-            raise _record_error(path, fmt, line, index, None, f"expected an object, got {kind}")
+            raise place.error(None, f"expected an object, got {type(item).__name__}")
         for key, value in item.items():
             if _UNDECODABLE.search(key + (value if isinstance(value, str) else "")):
-                message = "holds bytes that are not UTF-8"
-                raise _record_error(path, fmt, line, index, key, message)
-        yield line, item
+                raise place.error(key, "holds bytes that are not UTF-8")
+        yield place, item
 
 
 def _json_items(path: Path, text: str) -> list[tuple[None, Any]]:
@@ -378,7 +299,7 @@ def _delimited_items(
     path: Path, text: str, fmt: str, columns: Sequence[str] | None, required: Sequence[str]
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """``(first line, {column: value})`` for each row of a CSV or TSV text; rows that are blank
-    but for white space are skipped, as pandas skips them."""
+    but for white space are skipped, and a short row's missing fields are empty."""
 
     def header_of(names: list[str], line: int | None) -> list[str]:
         for name in required:
@@ -410,7 +331,7 @@ def _delimited_items(
                     "(an unquoted delimiter inside a text?)",
                 )
             else:
-                yield line, dict(zip(header, row, strict=False))
+                yield line, dict(zip_longest(header, row, fillvalue=""))
     except csv.Error as err:
         raise DataError(
             path, next_line, None, f"malformed {fmt.upper()} in the record starting here: {err}"

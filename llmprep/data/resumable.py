@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class EpochSampler(DistributedSampler):
@@ -163,6 +163,9 @@ class ResumableDataModule(L.LightningDataModule):
     checkpoint entry holds that loader's position (``{"train_loader": {"epoch", "batches"}}``);
     loaded back, it goes to the next loader built.
 
+    Subclasses may build their loaders with :meth:`train_loader` and :meth:`eval_loader`, from
+    ``batch_size``, ``num_workers`` and ``seed``.
+
     It is also the seam between a stage's data and its task: ``output_dir`` is the run folder
     (where a data module that draws its own splits saves them; ``None`` outside a training run),
     ``test_splits`` names the loaders ``test_dataloader`` returns, and :meth:`task_settings` is
@@ -171,11 +174,46 @@ class ResumableDataModule(L.LightningDataModule):
 
     test_splits: tuple[str, ...] = ("test",)
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 123,
+    ) -> None:
         super().__init__()
         self.output_dir = output_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
         self._train_loader: ResumableLoader | None = None
         self._train_position: dict[str, int] | None = None
+
+    def train_loader(
+        self,
+        dataset: Dataset,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        drop_last: bool = True,
+        lengths: Sequence[int] | None = None,
+    ) -> ResumableLoader:
+        """Training batches of ``dataset`` in an order drawn from ``seed + epoch``, bucketed by
+        ``lengths`` when given (``EpochSampler``), resumable mid-epoch (``resume_loader``)."""
+        sampler = EpochSampler(len(dataset), self.seed, self.batch_size, lengths)
+        loader = ResumableLoader(
+            dataset, sampler, self.batch_size, drop_last, collate_fn, self.num_workers
+        )
+        return self.resume_loader(loader)
+
+    def eval_loader(
+        self, dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None
+    ) -> DataLoader:
+        """Every item of ``dataset`` in order, in batches of ``batch_size``, none dropped."""
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+        )
 
     def resume_loader(self, loader: ResumableLoader) -> ResumableLoader:
         """``loader``, set to the restored position when a checkpoint was loaded; from now on its

@@ -15,16 +15,14 @@ names the source, its URL, the expected sha256 and the variables that fix it.
 from __future__ import annotations
 
 import glob
+import io
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from llmprep.errors import UserError
 from llmprep.files import atomic_path, file_sha256
@@ -33,7 +31,6 @@ CACHE_ENV = "LLMPREP_CACHE"
 MIRROR_ENV = "LLMPREP_MIRROR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 60.0
-_READ_BYTES = 1 << 20
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -190,10 +187,12 @@ def _offline() -> bool:
 
 
 def _download(source: Source) -> Path:
-    """Download into the cache: temporary files next to the target, checked, then renamed.
+    """Download into the cache: a temporary file next to the target, checked, then renamed.
 
-    ``HF_HUB_OFFLINE`` is honoured as the project-wide offline switch: with it set, nothing is
-    fetched and the error says where the file was looked for.
+    The registered sources are the book's small files (the largest about 1 MB), so a download,
+    and the zip a member is taken from, is held in memory. ``HF_HUB_OFFLINE`` is honoured as the
+    project-wide offline switch: with it set, nothing is fetched and the error says where the
+    file was looked for.
     """
     missing = f"not in the cache nor in {MIRROR_ENV} ({os.environ.get(MIRROR_ENV) or 'unset'})"
     if _offline():
@@ -203,11 +202,10 @@ def _download(source: Source) -> Path:
         with atomic_path(target) as checked:
             request = urllib.request.Request(source.url, headers={"User-Agent": "llmprep"})
             with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                if source.member is None:
-                    with open(checked, "wb") as out:
-                        shutil.copyfileobj(response, out, _READ_BYTES)
-                else:
-                    _extract_member(response, source.member, checked, target.parent)
+                data = response.read()
+            if source.member is not None:
+                data = zipfile.ZipFile(io.BytesIO(data)).read(source.member)
+            checked.write_bytes(data)
             actual = file_sha256(checked)
             if actual != source.sha256:
                 raise _error(source, f"the downloaded file has sha256 {actual}")
@@ -218,20 +216,3 @@ def _download(source: Source) -> Path:
     except (zipfile.BadZipFile, KeyError) as err:
         problem = f"the download is not a zip holding {source.member!r}: {err}"
         raise _error(source, problem) from None
-
-
-def _extract_member(response: BinaryIO, member: str, out_path: Path, scratch: Path) -> None:
-    """Copy ``member`` of the zip archive read from ``response`` to ``out_path``.
-
-    The archive goes to an unnamed scratch file in ``scratch`` (zip needs seeking); the system
-    removes it when closed, so a failure leaves nothing behind.
-    """
-    with tempfile.TemporaryFile(dir=scratch) as archive_file:
-        shutil.copyfileobj(response, archive_file, _READ_BYTES)
-        archive_file.seek(0)
-        with (
-            zipfile.ZipFile(archive_file) as archive,
-            archive.open(member) as packed,
-            open(out_path, "wb") as out,
-        ):
-            shutil.copyfileobj(packed, out, _READ_BYTES)

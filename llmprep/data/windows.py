@@ -75,9 +75,6 @@ def _long_tensor(ids: np.ndarray) -> torch.Tensor:
 
 
 def truncation_limit(context_length: int, max_length: int | None = None) -> int:
-    """The most tokens a text keeps: the model's context, or ``max_length`` when shorter."""
-    if context_length < 1:
-        raise ValueError(f"context_length must be positive, got {context_length}")
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be positive or null, got {max_length}")
+    """The most tokens a text keeps: the model's context, or ``max_length`` when shorter (both
+    are checked positive before: ``GPTConfig`` and ``validate_config``)."""
     return context_length if max_length is None else min(context_length, max_length)

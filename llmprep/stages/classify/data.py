@@ -23,17 +23,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from llmprep.data import records
 from llmprep.data.errors import DataError
-from llmprep.data.records import (
-    SPLITS,
-    Origin,
-    check_fractions,
-    fetch,
-    read_records,
-    read_splits,
-    write_splits,
-)
-from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
+from llmprep.data.records import SPLITS, Place
+from llmprep.data.resumable import ResumableDataModule, ResumableLoader
 from llmprep.data.windows import truncation_limit
 from llmprep.tokenizer import get_tokenizer
 
@@ -48,13 +41,12 @@ _INTEGER = re.compile(r"[+-]?\d+")
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One labelled text and where it was read (record ``index`` of ``origin``), so a later
-    check can point back at its line."""
+    """One labelled text and the ``Place`` it was read at, so a later check can point back at
+    its line."""
 
     text: str
     label: str
-    origin: Origin
-    index: int
+    place: Place
 
 
 def read_examples(
@@ -67,8 +59,8 @@ def read_examples(
     """Every example of one file (see ``read_records``), in file order: texts kept exactly,
     labels stripped of surrounding white space; neither may be empty."""
     fields = {"text": text_column, "label": label_column}
-    origin, records = read_records(path, fields, format, columns, nonblank=fields)
-    return [Example(r["text"], r["label"].strip(), origin, i) for i, r in enumerate(records)]
+    places, rows = records.read_records(path, fields, format, columns, nonblank=fields)
+    return [Example(r["text"], r["label"].strip(), at) for at, r in zip(places, rows, strict=True)]
 
 
 def balance_classes(examples: Sequence[Example], seed: int) -> list[Example]:
@@ -108,7 +100,7 @@ def check_labels(
     for ex in examples:
         if ex.label not in known:
             message = f"unknown label {ex.label!r}: {source} are {list(names)}"
-            raise ex.origin.error(ex.index, label_column, message)
+            raise ex.place.error(label_column, message)
 
 
 def tokenize(texts: Sequence[str], limit: int, lowercase: bool = False) -> list[list[int]]:
@@ -226,52 +218,53 @@ class ClassificationDataModule(ResumableDataModule):
         output_dir: str | None = None,
         drop_last_train: bool = True,
     ) -> None:
-        super().__init__(output_dir)
-        layout = SOURCE_LAYOUTS.get(path, {})
-        labels = [str(name) for name in labels] if labels is not None else None
-        if labels is not None and (len(labels) < 2 or len(set(labels)) != len(labels)):
-            raise ValueError(f"data.labels must list at least two distinct names, got {labels}")
-        if pad_to not in PAD_MODES:
-            raise ValueError(f"data.pad_to must be one of {list(PAD_MODES)}, got {pad_to!r}")
-        self.fractions = check_fractions(
+        super().__init__(output_dir, batch_size, num_workers, seed)
+        self.fractions = records.check_fractions(
             {"train": train_fraction, "val": val_fraction}, "data.train_fraction, val_fraction"
         )
         self.limit = truncation_limit(context_length, max_length)
         self.path = path
+        layout = SOURCE_LAYOUTS.get(path, {})
         self.format = format if format is not None else layout.get("format")
         self.columns = columns if columns is not None else layout.get("columns")
         self.text_column = text_column
         self.label_column = label_column
-        self.labels = labels
+        self.labels = [str(name) for name in labels] if labels is not None else None
+        names = self.labels
+        if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
+            raise ValueError(f"data.labels must list at least two distinct names, got {names}")
         self.balance = balance
-        self.seed = seed
+        if pad_to not in PAD_MODES:
+            raise ValueError(f"data.pad_to must be one of {list(PAD_MODES)}, got {pad_to!r}")
         self.pad_to = pad_to
         self.lowercase = lowercase
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.drop_last_train = drop_last_train
         self.splits: dict[str, list[Example]] = {}
         # Each split's ``(token ids, label id)`` items, a dataset as DataLoader takes it.
         self.datasets: dict[str, list[tuple[list[int], int]]] = {}
-        self._label_names: list[str] = []
-        self._pad_length: int | None = None
+        # Set by ``setup``: the class names (a name's index is its label id) and the length
+        # every batch is padded to (``None``: each batch pads to its own longest text).
+        self.label_names: list[str] = []
+        self.pad_length: int | None = None
 
     def prepare_data(self) -> None:
         """Fetch the source once: a download or mirror check, or the hub dataset into its cache."""
-        fetch(self.path)
+        records.fetch(self.path)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, balance, split, label and encode the data and save the splits; once only."""
         if self.splits:
             return
-        splits, _ = read_splits(self.path, self._read, self.fractions, self.seed, self._balanced)
+        splits, _ = records.read_splits(
+            self.path, self._read, self.fractions, self.seed, self._balanced
+        )
         if self.labels is not None:
             names = list(self.labels)
         else:
             names = label_names_for(splits["train"])
             if len(names) < 2:
                 raise DataError(
-                    splits["train"][0].origin.path,
+                    splits["train"][0].place.path,
                     None,
                     self.label_column,
                     f"the training split has the single class {names}; a classifier needs two",
@@ -296,8 +289,8 @@ class ClassificationDataModule(ResumableDataModule):
                 ]
                 for split, examples in splits.items()
             }
-            write_splits(rows, self.output_dir, ".csv")
-        self.splits, self._label_names, self._pad_length = splits, names, pad_length
+            records.write_splits(rows, self.output_dir, ".csv")
+        self.splits, self.label_names, self.pad_length = splits, names, pad_length
 
     def _read(self, path: str | Path) -> list[Example]:
         """The examples of one file; explicit ``labels`` are checked on every example as read,
@@ -312,72 +305,36 @@ class ClassificationDataModule(ResumableDataModule):
     def _balanced(self, examples: list[Example]) -> list[Example]:
         return balance_classes(examples, self.seed) if self.balance else examples
 
-    def _ready(self) -> None:
-        if not self.splits:
-            raise RuntimeError("ClassificationDataModule: call setup() before reading its data")
-
     @property
     def num_classes(self) -> int:
         """How many classes the classifier head needs."""
-        self._ready()
-        return len(self._label_names)
-
-    @property
-    def label_names(self) -> list[str]:
-        """The class names; a name's index is its label id."""
-        self._ready()
-        return list(self._label_names)
-
-    @property
-    def pad_length(self) -> int | None:
-        """The length every batch is padded to, or ``None`` when each batch pads to its own."""
-        self._ready()
-        return self._pad_length
+        return len(self.label_names)
 
     def train_dataloader(self) -> ResumableLoader:
         """Training batches in an order drawn from ``seed + epoch``, resumable mid-epoch
         (``EpochSampler``); the last partial batch is dropped as the book does."""
-        self._ready()
         size = len(self.datasets["train"])
         if self.drop_last_train and size < self.batch_size:
             raise DataError(
-                self.splits["train"][0].origin.path,
+                self.splits["train"][0].place.path,
                 None,
                 None,
                 f"the training split has {size} examples, fewer than batch_size="
                 f"{self.batch_size}, so drop_last_train=true would leave no batch",
             )
-        sampler = EpochSampler(size, self.seed)
-        loader = ResumableLoader(
-            self.datasets["train"],
-            sampler,
-            self.batch_size,
-            self.drop_last_train,
-            collate_fn=PadCollate(self._pad_length),
-            num_workers=self.num_workers,
-        )
-        return self.resume_loader(loader)
-
-    def _loader(self, split: str) -> DataLoader:
-        """Every example of ``split`` in a fixed order, none dropped."""
-        self._ready()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=PadCollate(self._pad_length),
-        )
+        collate = PadCollate(self.pad_length)
+        return self.train_loader(self.datasets["train"], collate, self.drop_last_train)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in a fixed order."""
-        return self._loader("val")
+        return self.eval_loader(self.datasets["val"], PadCollate(self.pad_length))
 
     test_splits = SPLITS
 
     def test_dataloader(self) -> list[DataLoader]:
         """Every split in a fixed order, none dropped, the training split included: testing
         scores all three."""
-        return [self._loader(split) for split in SPLITS]
+        return [self.eval_loader(self.datasets[s], PadCollate(self.pad_length)) for s in SPLITS]
 
     def task_settings(self) -> dict[str, Any]:
         """The labels and text preparation the classifier is built with (see ``ClassifyTask``);

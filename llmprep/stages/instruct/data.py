@@ -22,16 +22,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from llmprep.data import records
 from llmprep.data.errors import DataError
-from llmprep.data.records import (
-    Record,
-    check_fractions,
-    fetch,
-    read_records,
-    read_splits,
-    write_splits,
-)
-from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
+from llmprep.data.records import Record
+from llmprep.data.resumable import ResumableDataModule, ResumableLoader
 from llmprep.data.windows import truncation_limit
 from llmprep.stages.instruct.prompts import PromptStyle, get_style
 from llmprep.tokenizer import get_tokenizer
@@ -58,8 +52,8 @@ def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str
     return names
 
 
-def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:
-    """``(token ids of prompt + response, prompt token count)`` for each record.
+def encode_records(examples: Sequence[Record], style: PromptStyle) -> list[tuple[list[int], int]]:
+    """``(token ids of prompt + response, prompt token count)`` for each record of ``examples``.
 
     Prompt and response are encoded separately and joined, so the prompt's tokens are exactly
     the ones generation later starts from and the prompt/response boundary is a token boundary;
@@ -67,9 +61,9 @@ def encode_records(records: Sequence[Record], style: PromptStyle) -> list[tuple[
     styles). ``<|endoftext|>`` written inside a record is encoded as plain text, so a record
     cannot end itself early.
     """
-    if not records:
+    if not examples:
         return []
-    prompts, responses = zip(*(style.format_example(r) for r in records), strict=True)
+    prompts, responses = zip(*(style.format_example(r) for r in examples), strict=True)
     tokenizer = get_tokenizer()
     prompt_ids = tokenizer.encode_ordinary_batch(prompts)
     response_ids = tokenizer.encode_ordinary_batch(responses)
@@ -189,29 +183,28 @@ class InstructDataModule(ResumableDataModule):
         seed: int = 123,
         output_dir: str | None = None,
     ) -> None:
-        super().__init__(output_dir)
+        super().__init__(output_dir, batch_size, num_workers, seed)
         if len(split) != 2:
             raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
         self.style = get_style(prompt_style)
         self.fields = field_names(fields)
-        self.fractions = check_fractions({"train": split[0], "test": split[1]}, "data.split")
+        self.fractions = records.check_fractions(
+            {"train": split[0], "test": split[1]}, "data.split"
+        )
         self.split = tuple(self.fractions.values())
         self.limit = truncation_limit(context_length, max_length)
         self.max_length, self.context_length = max_length, context_length
         self.path = str(path)
         self.format = format
         self.mask_prompt = mask_prompt
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.bucket = bucket
-        self.seed = seed
         self.records: dict[str, list[Record]] = {}
         # Each split's ``(token ids, prompt length)`` items, a dataset as DataLoader takes it.
         self.datasets: dict[str, list[tuple[list[int], int]]] = {}
 
     def prepare_data(self) -> None:
         """Fetch the source once: a download or mirror check, or the hub dataset into its cache."""
-        fetch(self.path)
+        records.fetch(self.path)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and encode the records, and save the splits (first call only).
@@ -228,20 +221,20 @@ class InstructDataModule(ResumableDataModule):
             )
         if self.records:
             return
-        records, train_source = read_splits(self.path, self._read, self.fractions)
-        for split, part in records.items():
+        splits, train_source = records.read_splits(self.path, self._read, self.fractions)
+        for split, part in splits.items():
             self.datasets[split] = encode_records(part, self.style)
         self._report_lengths()
         self.datasets["train"] = self._trainable(self.datasets["train"], train_source)
         if self.output_dir is not None:
-            write_splits(records, self.output_dir, ".json")
-        self.records = records
+            records.write_splits(splits, self.output_dir, ".json")
+        self.records = splits
 
     def _read(self, path: str | Path) -> list[Record]:
         """The records of one file or hub dataset (``read_records``). Empty strings are
         accepted: an empty input is the common case, and whether an empty output is a mistake
         depends on the data."""
-        return read_records(path, self.fields, self.format)[1]
+        return records.read_records(path, self.fields, self.format)[1]
 
     def _report_lengths(self) -> None:
         """Log how many training examples the truncation cuts."""
@@ -299,20 +292,14 @@ class InstructDataModule(ResumableDataModule):
             )
         return kept
 
-    def _ready(self) -> None:
-        if not self.records:
-            raise RuntimeError("InstructDataModule: call setup() before reading its data")
-
     @property
     def val_records(self) -> list[Record]:
         """The val split's records, the ones validation answers a few of."""
-        self._ready()
         return self.records["val"]
 
     @property
     def test_records(self) -> list[Record]:
         """The test split's records, the ones responses are generated and judged for."""
-        self._ready()
         return self.records["test"]
 
     def task_settings(self) -> dict[str, Any]:
@@ -325,34 +312,15 @@ class InstructDataModule(ResumableDataModule):
     def train_dataloader(self) -> ResumableLoader:
         """Training batches in an order drawn from ``seed + epoch`` (length-bucketed with
         ``bucket``), resumable mid-epoch (``EpochSampler``)."""
-        self._ready()
         dataset = self.datasets["train"]
         lengths = [len(ids) for ids, _ in dataset] if self.bucket else None
-        sampler = EpochSampler(len(dataset), self.seed, self.batch_size, lengths)
-        loader = ResumableLoader(
-            dataset,
-            sampler,
-            self.batch_size,
-            drop_last=len(dataset) > self.batch_size,
-            collate_fn=self._collate(),
-            num_workers=self.num_workers,
-        )
-        return self.resume_loader(loader)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        self._ready()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=False,
-            collate_fn=self._collate(),
-            num_workers=self.num_workers,
-        )
+        drop_last = len(dataset) > self.batch_size
+        return self.train_loader(dataset, self._collate(), drop_last, lengths)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order."""
-        return self._eval_loader("val")
+        return self.eval_loader(self.datasets["val"], self._collate())
 
     def test_dataloader(self) -> DataLoader:
         """Test batches in file order."""
-        return self._eval_loader("test")
+        return self.eval_loader(self.datasets["test"], self._collate())
