@@ -90,14 +90,19 @@ def load_weights(init_from: str | Path, dropout: float) -> GPT:
     return load_pretrained(str(init_from), dropout=dropout)
 
 
+def model_config_from(model_cfg: Mapping[str, Any]) -> GPTConfig:
+    """A ``GPTConfig`` from the ``model`` config group (its ``name`` is only a label)."""
+    return GPTConfig.from_dict({k: v for k, v in model_cfg.items() if k != "name"})
+
+
 def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:
-    """The GPT a run starts from: random from the ``model`` config group (its ``name`` is only a
-    label) when ``init_from`` is ``None``, else the weights :func:`load_weights` finds there.
+    """The GPT a run starts from: random from the ``model`` config group when ``init_from`` is
+    ``None``, else the weights :func:`load_weights` finds there.
 
     With weights, the architecture is the checkpoint's and only ``model.dropout`` is taken from
     the config; a differing size in the config is reported.
     """
-    config = GPTConfig.from_dict({k: v for k, v in model_cfg.items() if k != "name"})
+    config = model_config_from(model_cfg)
     if init_from is None:
         return GPT(config)
     model = load_weights(init_from, config.dropout)
