@@ -7,6 +7,11 @@ TORCH_VERSION ?= 2.13.0
 # A package index for torch alone, e.g. https://download.pytorch.org/whl/cpu for the small CPU build.
 TORCH_INDEX ?=
 ARGS ?=
+# The book's code for bench/bench_train.py. Installed without its requirements: they pin
+# numpy<2.1 and pull tensorflow and jupyterlab, and the two modules the bench imports need only
+# torch, numpy, matplotlib and tqdm, which llmprep already has.
+BOOK_PACKAGE ?= llms-from-scratch==1.0.19
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-slow lint format bench results clean
@@ -40,7 +45,11 @@ format: $(STAMP) ## Fix style and formatting with ruff
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-bench: $(STAMP) ## Run the benchmarks and print their tables
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --no-deps $(BOOK_PACKAGE)
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Run the benchmarks (bench/bench_*.py) and print their tables
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The runs whose figures the README quotes, as it types them, each followed by its wall time.

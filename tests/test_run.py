@@ -14,6 +14,7 @@ from conftest import ROOT, run_cli
 from crash import Crashed
 
 from llmprep.run import train
+from llmprep.training.task import GPTTask
 
 TINY = (
     "model=gpt2-tiny",
@@ -115,6 +116,19 @@ def test_resume_continues_at_the_same_step_lr_and_tokens(compose_run, tmp_path):
     first_lr = before["optimizer_states"][0]["param_groups"][0]["lr"]
     assert first_lr == pytest.approx(before["lr_schedulers"][0]["_last_lr"][0])
     assert _ckpt(resumed)["callbacks"]  # the loss history travels with the checkpoint
+
+
+def test_compiled_run_trains_validates_and_saves_the_plain_keys(compose_run, tmp_path):
+    """``compile=true`` trains and validates through the compiled blocks; the checkpoint's
+    weights keep the uncompiled names (no ``_orig_mod.``), so it loads anywhere."""
+    short = (*TINY, "logger=none", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+    train(compose_run(*short, "compile=true", "test_after_fit=false"))
+    ckpt = _ckpt(tmp_path / "run")
+    assert ckpt["hyper_parameters"]["config"]["compile"] is True
+    task = GPTTask(ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["model_config"])
+    assert task.model.compiled_blocks is not None
+    assert list(ckpt["state_dict"]) == list(task.state_dict())
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"])
 
 
 def test_offline_wandb_run_records_metric_names(compose_run, tmp_path, capsys):

@@ -24,6 +24,12 @@ LAYER_NORM_EPS = 1e-5
 INIT_STD = 0.02
 """Standard deviation of the normal initialisation of every weight matrix and embedding."""
 
+IGNORE_INDEX = -100
+"""The target id the loss skips: padding, and masked prompts (``F.cross_entropy``'s default)."""
+
+LOSS_CHUNK = 256
+"""Positions per chunk of :meth:`GPT.loss`: 256 x 50,257 fp32 logits are 51 MB at a time."""
+
 
 class KVCache:
     """Keys and values of the positions a model has already seen, one pair per block.
@@ -146,6 +152,52 @@ class Block(nn.Module):
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` ([N, D] @ [D, V]) against ``targets`` [N],
+    ``chunk`` rows at a time, ``IGNORE_INDEX`` skipped.
+
+    The gradients are computed in the same pass, chunk by chunk, from the chunk's softmax (whose
+    gradient is ``softmax - one_hot(target)``), so neither the [N, V] logits nor their softmax
+    ever exist whole, and the backward pass only scales the stored gradients by the incoming one.
+    The matrix products are the ones autograd would do (one forward, two backward), none is
+    recomputed; a gradient nobody asks for (a frozen head, evaluation) is not computed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        valid_all = targets != IGNORE_INDEX
+        count = valid_all.sum()
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], chunk):
+            h, valid = hidden[start : start + chunk], valid_all[start : start + chunk]
+            target = targets[start : start + chunk].where(valid, 0)
+            logits = (h @ weight.T).float()
+            lse = logits.logsumexp(-1)
+            picked = logits.gather(1, target[:, None]).squeeze(1)
+            total += ((lse - picked) * valid).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(target), device=grad.device), target] -= 1.0
+            grad = grad.mul_((valid / count)[:, None]).to(h.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk] = grad @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.T.to(weight.dtype), h.to(weight.dtype))
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scaled = [
+            None if g is None else g * grad_loss.to(g.dtype) for g in (grad_hidden, grad_weight)
+        ]
+        return scaled[0], scaled[1], None, None
+
+
 class GPT(nn.Module):
     """A GPT-2 style language model mapping token ids [B, T] to logits [B, T, outputs].
 
@@ -155,6 +207,9 @@ class GPT(nn.Module):
     ``activation_checkpointing`` (off by default; not part of the config since it changes no
     result) makes training recompute each block's activations in the backward pass instead of
     keeping them: memory for activations drops to one block's, at the cost of a second forward.
+
+    :meth:`compile_blocks` makes training and evaluation run the blocks through
+    ``torch.compile``; generation with a cache stays eager.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -167,6 +222,9 @@ class GPT(nn.Module):
         self.final_norm = nn.LayerNorm(config.emb_dim, eps=LAYER_NORM_EPS)
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         self.activation_checkpointing = False
+        # A plain list, not a ModuleList: the compiled wrappers share the blocks' parameters and
+        # add no state-dict keys.
+        self.compiled_blocks: list[nn.Module] | None = None
         if config.tie_weights:
             self.out_head.weight = self.tok_emb.weight
         if config.init == "gpt2":
@@ -188,9 +246,41 @@ class GPT(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def compile_blocks(self) -> None:
+        """Run each block through ``torch.compile`` from now on, except with a ``KVCache``: a
+        growing cache would recompile at each new length. Blocks are compiled one by one
+        (identical blocks share one compiled graph), which compiles far faster than the whole
+        model; the head and loss stay eager (:meth:`loss` is already one pass)."""
+        self.compiled_blocks = [torch.compile(block) for block in self.blocks]
+
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits for every position of ``idx``; with ``kv_cache``, ``idx`` holds only the tokens
         after those already in the cache."""
+        return self.out_head(self.hidden_states(idx, kv_cache))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of ``forward(idx)`` against ``targets`` [B, T]
+        (``IGNORE_INDEX`` skipped), as ``F.cross_entropy`` on the full logits gives it.
+
+        A plain vocabulary head runs with the loss ``LOSS_CHUNK`` positions at a time (see
+        :class:`_ChunkedLinearCrossEntropy`), so the [B, T, vocab] logits are never held; a
+        replaced or LoRA-adapted head takes the plain path.
+        """
+        hidden = self.hidden_states(idx)
+        head = self.out_head
+        if type(head) is not nn.Linear or head.bias is not None:
+            return F.cross_entropy(
+                head(hidden).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
+            )
+        weight = head.weight
+        if not torch.is_grad_enabled():
+            hidden, weight = hidden.detach(), weight.detach()
+        return _ChunkedLinearCrossEntropy.apply(
+            hidden.flatten(0, 1), weight, targets.flatten(), LOSS_CHUNK
+        )
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final LayerNorm's output [B, T, emb_dim], what ``out_head`` reads."""
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(
                 f"idx must be token ids of shape [batch, time>0], got {list(idx.shape)}"
@@ -206,12 +296,13 @@ class GPT(nn.Module):
         positions = torch.arange(past, past + time, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
+        blocks = self.blocks if kv_cache is not None else self.compiled_blocks or self.blocks
+        for block in blocks:
             if recompute and kv_cache is None:
                 x = checkpoint(block, x, None, use_reentrant=False)
             else:
                 x = block(x, kv_cache)
-        return self.out_head(self.final_norm(x))
+        return self.final_norm(x)
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> int:
         """Floating-point operations per token of windows of ``seq_len`` tokens: of a training

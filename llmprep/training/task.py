@@ -2,9 +2,9 @@
 and LoRA adapters for any stage.
 
 A task gets only its own settings (:data:`TASK_KEYS` of the run config: the ``stage`` group,
-``optim``, ``lora``, ``init_from``, ``activation_checkpointing``, ``seed``) as plain dicts,
-never modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run around
-it. What the task needs from its data (a classifier's labels) the data module's
+``optim``, ``lora``, ``init_from``, ``activation_checkpointing``, ``compile``, ``seed``) as plain
+dicts, never modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run
+around it. What the task needs from its data (a classifier's labels) the data module's
 ``task_settings()`` hands over. Every checkpoint also holds the whole resolved run config under
 ``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it).
 
@@ -18,7 +18,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
@@ -26,6 +25,7 @@ from torchmetrics import MeanMetric, SumMetric
 from llmprep.data.records import SPLITS
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import equal_length_batches, generate
+from llmprep.model.gpt import IGNORE_INDEX
 from llmprep.model.lora import restore_lora, save_lora, start_lora
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
@@ -40,19 +40,10 @@ def perplexity(loss: torch.Tensor | float) -> torch.Tensor:
     return torch.exp(torch.as_tensor(loss, dtype=torch.float32).clamp(max=MAX_LOG_PPL))
 
 
-IGNORE_INDEX = -100
-"""The target id cross-entropy skips: padding, and masked prompts."""
-
-
 def test_metric_prefix(split: str) -> str:
     """The prefix a tested split's metrics are logged under: ``test`` for the test split,
     ``best/train`` and ``best/val`` for the others (re-scored after fitting)."""
     return "test" if split == "test" else f"best/{split}"
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; targets of -100 are ignored."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def batch_inputs(batch: Any) -> torch.Tensor:
@@ -67,7 +58,7 @@ def is_sharded(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy)
 
 
-TASK_KEYS = ("stage", "optim", "lora", "init_from", "activation_checkpointing", "seed")
+TASK_KEYS = ("stage", "optim", "lora", "init_from", "activation_checkpointing", "compile", "seed")
 """The keys of the run config a task is built from."""
 
 
@@ -96,6 +87,8 @@ class GPTTask(L.LightningModule):
         base_tensors = list(base.state_dict(keep_vars=True).values())
         self.model = self.adapt_model(base)
         self.model.activation_checkpointing = bool(config.get("activation_checkpointing", False))
+        if config.get("compile", False):
+            self.model.compile_blocks()
         self.lora = start_lora(
             self.model, config.get("lora"), base_tensors, config.get("init_from"), model is not None
         )
@@ -150,7 +143,7 @@ class GPTTask(L.LightningModule):
         """Mean next-token cross-entropy over the batch's target tokens (``-100`` skipped) and
         their number; batches are ``(inputs, targets)`` or dicts with ``targets``."""
         targets = batch["targets"] if isinstance(batch, Mapping) else batch[1]
-        loss = lm_loss(self.model(batch_inputs(batch)), targets)
+        loss = self.model.loss(batch_inputs(batch), targets)
         return loss, int((targets != IGNORE_INDEX).sum())
 
     def on_test_start(self) -> None:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import model_size
 from torch import nn
 
@@ -149,3 +150,69 @@ def test_init_choice_sets_the_scale_of_fresh_weights():
     assert book.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.05)
     with pytest.raises(ValueError, match=r"GPTConfig\.init must be one of gpt2, torch"):
         GPTConfig(init="xavier")
+
+
+def _loss_and_grads(model: GPT, loss_of) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = loss_of(model)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_loss_equals_cross_entropy_on_the_full_logits(monkeypatch, tie: bool) -> None:
+    """Over several chunks (the last one short), with ignored targets, a tied head included."""
+    monkeypatch.setattr("llmprep.model.gpt.LOSS_CHUNK", 7)
+    model = tiny(tie_weights=tie)
+    idx = torch.randint(0, VOCAB, (3, 10))
+    targets = torch.randint(0, VOCAB, (3, 10))
+    targets[0, :4] = -100
+    targets[2, 7:] = -100
+
+    def full(m: GPT) -> torch.Tensor:
+        return F.cross_entropy(m(idx).flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    chunked, chunked_grads = _loss_and_grads(model, lambda m: m.loss(idx, targets))
+    plain, plain_grads = _loss_and_grads(model, full)
+    torch.testing.assert_close(chunked, plain)
+    assert len(chunked_grads) == len(plain_grads) == len(list(model.parameters()))
+    for a, b in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(model.loss(idx, targets), plain)
+
+
+def test_loss_of_a_frozen_or_replaced_head() -> None:
+    """A frozen head gets no gradient (and the rest the right one); another head is scored on
+    its own outputs."""
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (2, 8))
+    targets = torch.randint(0, VOCAB, (2, 8))
+    model.out_head.weight.requires_grad_(False)
+    _, chunked_grads = _loss_and_grads(model, lambda m: m.loss(idx, targets))
+    _, plain_grads = _loss_and_grads(
+        model, lambda m: F.cross_entropy(m(idx).flatten(0, 1), targets.flatten())
+    )
+    assert model.out_head.weight.grad is None
+    for a, b in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    model.out_head = nn.Linear(64, 3)
+    labels = torch.randint(0, 3, (2, 8))
+    expected = F.cross_entropy(model(idx).flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(model.loss(idx, labels), expected)
+
+
+def test_compiled_blocks_give_the_eager_loss_and_keep_the_state_dict_keys() -> None:
+    model = tiny()
+    keys = list(model.state_dict())
+    idx = torch.randint(0, VOCAB, (2, 8))
+    eager = model.loss(idx, idx)
+    model.compile_blocks()
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model.loss(idx, idx), eager, rtol=1e-5, atol=1e-5)
+    cache = KVCache()  # generation stays eager: the cached path never calls the compiled blocks
+    model.compiled_blocks = None
+    expected = model(idx[:, :3], kv_cache=cache)
+    model.compile_blocks()
+    cache.reset()
+    torch.testing.assert_close(model(idx[:, :3], kv_cache=cache), expected)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from torch import nn
 
+from llmprep.model import GPT, GPTConfig
 from llmprep.training.optim import build_adamw, lr_lambda, param_groups
 
 
@@ -69,3 +71,38 @@ def test_decay_follows_names_once_sharding_flattened_the_tensors():
     assert len(decay["params"]) == 2 and len(no_decay["params"]) == 3
     by_shape = param_groups(flat, 0.1)  # by shape alone every shard looks like a bias
     assert by_shape[0]["params"] == [] and len(by_shape[1]["params"]) == 5
+
+
+def _gpt_steps(optimizer_of, steps: int = 3) -> list[torch.Tensor]:
+    """The parameters of a tiny GPT after ``steps`` AdamW steps on fixed random batches."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_layers=2, n_heads=2))
+    optimizer = optimizer_of(model)
+    batches = torch.randint(0, 64, (steps, 2, 2, 16), generator=torch.Generator().manual_seed(1))
+    for inputs, targets in batches:
+        optimizer.zero_grad()
+        model.loss(inputs, targets).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_the_unfused_one():
+    optim = {"lr": 1e-2, "weight_decay": 0.1, "betas": (0.9, 0.95)}
+
+    def ours(model: nn.Module) -> torch.optim.AdamW:
+        optimizer = build_adamw(model.named_parameters(), optim)
+        assert optimizer.defaults["fused"] and not optimizer.defaults["foreach"]
+        return optimizer
+
+    def unfused(model: nn.Module) -> torch.optim.AdamW:
+        groups = param_groups(model.named_parameters(), optim["weight_decay"])
+        return torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), foreach=False, fused=False)
+
+    for a, b in zip(_gpt_steps(ours), _gpt_steps(unfused), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_parameters_the_fused_kernel_refuses_get_the_foreach_one():
+    complex_param = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    optimizer = build_adamw([("z", complex_param)], {"lr": 1e-3, "weight_decay": 0.0})
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]

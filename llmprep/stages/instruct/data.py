@@ -27,9 +27,9 @@ from llmprep.data.errors import DataError
 from llmprep.data.records import Record
 from llmprep.data.resumable import ResumableDataModule, ResumableLoader
 from llmprep.data.windows import truncation_limit
+from llmprep.model.gpt import IGNORE_INDEX
 from llmprep.stages.instruct.prompts import PromptStyle, get_style
 from llmprep.tokenizer import get_tokenizer
-from llmprep.training.task import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
