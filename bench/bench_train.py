@@ -162,17 +162,25 @@ def our_model(size: Size) -> GPT:
     return GPT(replace(size.config, dropout=DROPOUT)).to(size.device).train()
 
 
-def ours_before(size: Size, steps: int) -> list[Phases]:
+def ours_before(size: Size, steps: int, fused: bool = False) -> list[Phases]:
     """Our GPT as it trained before issue #13: the loss on the full logits and AdamW fused only
-    on CUDA (a per-tensor loop on the CPU)."""
+    on CUDA (a per-tensor loop on the CPU); with ``fused``, ``build_adamw``'s AdamW."""
     model = our_model(size)
-    groups = param_groups(model.named_parameters(), WEIGHT_DECAY)
-    optimizer = torch.optim.AdamW(groups, lr=LR, fused=size.device.type == "cuda" or None)
+    if fused:
+        optimizer = build_adamw(model.named_parameters(), {"lr": LR, "weight_decay": WEIGHT_DECAY})
+    else:
+        groups = param_groups(model.named_parameters(), WEIGHT_DECAY)
+        optimizer = torch.optim.AdamW(groups, lr=LR, fused=size.device.type == "cuda" or None)
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
     return plain_loop(size, steps, loss_of, optimizer, clip=model)
+
+
+def ours_full_logits(size: Size, steps: int) -> list[Phases]:
+    """Our GPT with the fused AdamW but the loss on the full logits: the two changes apart."""
+    return ours_before(size, steps, fused=True)
 
 
 def ours(size: Size, steps: int, compiled: bool = False) -> list[Phases]:
@@ -279,6 +287,7 @@ CONTENDERS: dict[str, Callable[..., list[Phases]]] = {
     "book": book,
     "transformers": transformers_gpt2,
     "ours-before": ours_before,
+    "ours-full-logits": ours_full_logits,
     "ours": ours,
     "ours-lightning": lightning,
     "ours-compiled": ours_compiled,
@@ -287,6 +296,7 @@ LABELS = {
     "book": "the book's loop (llms-from-scratch)",
     "transformers": "transformers GPT2LMHeadModel",
     "ours-before": "llmprep before #13 (full logits, unfused AdamW)",
+    "ours-full-logits": "llmprep, fused AdamW, full logits",
     "ours": "llmprep, plain loop",
     "ours-lightning": "llmprep, Lightning Trainer",
     "ours-compiled": "llmprep, plain loop, compile=true",
