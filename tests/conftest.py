@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from llmprep.model import GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CLASSIFIER = ("stage=classify", "model=gpt2-tiny", "init_from=null", "data=classify_file")
+"""A classifier run of the tiniest model from random weights on a file (``data.path=...``)."""
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("LLMPREP_MIRROR", str(SHARED / "data"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import TINY_CLASSIFIER, run_cli
 from omegaconf import OmegaConf
 
 from llmprep.stages import load_task
@@ -32,10 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     result = run_cli(
         "train.py",
-        "stage=classify",
-        "model=gpt2-tiny",
-        "init_from=null",
-        "data=classify_file",
+        *TINY_CLASSIFIER,
         f"data.path={data}",
         "data.batch_size=4",
         "trainer.max_epochs=1",

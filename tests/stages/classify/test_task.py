@@ -10,7 +10,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import TINY_CLASSIFIER, run_cli
 
 from llmprep.model import GPTConfig
 from llmprep.stages.classify.data import encode_texts
@@ -178,10 +178,7 @@ def test_fit_through_the_command_line(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = run_cli(
         "train.py",
-        "stage=classify",
-        "model=gpt2-tiny",
-        "init_from=null",
-        "data=classify_file",
+        *TINY_CLASSIFIER,
         f"data.path={data}",
         "data.text_column=message",
         "data.label_column=kind",
@@ -222,10 +219,7 @@ def test_bad_data_stops_the_command_with_the_file_and_line(tmp_path: Path) -> No
     data.write_text("text,label\nhello there,ok\n,spam\n", encoding="utf-8")
     result = run_cli(
         "train.py",
-        "stage=classify",
-        "model=gpt2-tiny",
-        "init_from=null",
-        "data=classify_file",
+        *TINY_CLASSIFIER,
         f"data.path={data}",
         f"hydra.run.dir={tmp_path / 'run'}",
         "logger=none",
