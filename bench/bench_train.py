@@ -42,6 +42,7 @@ from bench_model import machine  # noqa: E402
 
 from llmprep.model import GPT, GPTConfig  # noqa: E402
 from llmprep.model.init import model_config_from  # noqa: E402
+from llmprep.model.weights import hf_config  # noqa: E402
 from llmprep.run import build_trainer  # noqa: E402
 from llmprep.stages import task_class  # noqa: E402
 from llmprep.training.config import plain_config  # noqa: E402
@@ -138,17 +139,7 @@ def transformers_gpt2(size: Size, steps: int) -> list[Phases]:
     the loss taken from its logits as the book does."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = size.config
-    config = GPT2Config(
-        vocab_size=c.vocab_size,
-        n_positions=c.context_length,
-        n_embd=c.emb_dim,
-        n_layer=c.n_layers,
-        n_head=c.n_heads,
-        resid_pdrop=DROPOUT,
-        embd_pdrop=DROPOUT,
-        attn_pdrop=DROPOUT,
-    )
+    config = GPT2Config.from_dict(hf_config(replace(size.config, dropout=DROPOUT), tied=True))
     model = GPT2LMHeadModel(config).to(size.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 

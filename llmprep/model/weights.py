@@ -404,7 +404,7 @@ def save_folder(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], config
     return out
 
 
-def _hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
+def hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
     """``config.json`` of a ``transformers`` GPT-2 equivalent to a model with ``config``, as
     ``transformers`` writes it itself."""
     from transformers import GPT2Config
@@ -452,4 +452,4 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         )
         key = entry.hf if entry.hf == "lm_head.weight" else f"transformer.{entry.hf}"
         tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
-    return save_folder(out_dir, tensors, _hf_config(config, tied))
+    return save_folder(out_dir, tensors, hf_config(config, tied))
