@@ -11,13 +11,11 @@ arbitrary code when opened, so they are refused rather than unpickled.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,57 +46,40 @@ _HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 Reader = Callable[[str], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    """One tensor of the Hugging Face GPT-2 layout and the parameters of ours it holds.
-
-    ``ours`` are stacked along the first dimension in that order (GPT-2's fused ``c_attn``
-    holds query, key and value); ``transpose`` marks Hugging Face's ``Conv1D`` weights, stored
-    [in, out] where ``nn.Linear`` stores [out, in].
-    """
-
-    hf: str
-    ours: tuple[str, ...]
-    transpose: bool = False
-
-
-def _layout(config: GPTConfig) -> list[_Entry]:
-    """The Hugging Face tensors of a model with ``config``, names without ``transformer.``."""
-    entries = [_Entry("wte.weight", ("tok_emb.weight",)), _Entry("wpe.weight", ("pos_emb.weight",))]
-    for i in range(config.n_layers):
-        hf, ours = f"h.{i}.", f"blocks.{i}."
-        qkv = ("query", "key", "value")
-        entries += [
-            _Entry(hf + "ln_1.weight", (ours + "norm1.weight",)),
-            _Entry(hf + "ln_1.bias", (ours + "norm1.bias",)),
-            _Entry(hf + "attn.c_attn.weight", tuple(f"{ours}attn.{n}.weight" for n in qkv), True),
-            _Entry(hf + "attn.c_proj.weight", (ours + "attn.out_proj.weight",), True),
-            _Entry(hf + "attn.c_proj.bias", (ours + "attn.out_proj.bias",)),
-            _Entry(hf + "ln_2.weight", (ours + "norm2.weight",)),
-            _Entry(hf + "ln_2.bias", (ours + "norm2.bias",)),
-            _Entry(hf + "mlp.c_fc.weight", (ours + "ff.fc.weight",), True),
-            _Entry(hf + "mlp.c_fc.bias", (ours + "ff.fc.bias",)),
-            _Entry(hf + "mlp.c_proj.weight", (ours + "ff.proj.weight",), True),
-            _Entry(hf + "mlp.c_proj.bias", (ours + "ff.proj.bias",)),
-        ]
-        if config.qkv_bias:
-            entries.append(
-                _Entry(hf + "attn.c_attn.bias", tuple(f"{ours}attn.{n}.bias" for n in qkv))
-            )
-    entries += [
-        _Entry("ln_f.weight", ("final_norm.weight",)),
-        _Entry("ln_f.bias", ("final_norm.bias",)),
-    ]
-    if not config.tie_weights:
-        entries.append(_Entry("lm_head.weight", ("out_head.weight",)))
-    return entries
+_HF_MODULES = {
+    "tok_emb": "wte",
+    "pos_emb": "wpe",
+    "blocks": "h",
+    "norm1": "ln_1",
+    "norm2": "ln_2",
+    "query": "c_attn",
+    "key": "c_attn",
+    "value": "c_attn",
+    "out_proj": "c_proj",
+    "ff": "mlp",
+    "fc": "c_fc",
+    "proj": "c_proj",
+    "final_norm": "ln_f",
+    "out_head": "lm_head",
+}
+"""Our module names -> Hugging Face GPT-2's; its fused ``c_attn`` holds query, key and value."""
 
 
-def _hf_shape(entry: _Entry, shapes: Mapping[str, torch.Size]) -> tuple[int, ...]:
-    """The shape ``entry`` has in the Hugging Face layout, given our parameters' shapes."""
-    parts = [shapes[name] for name in entry.ours]
-    shape = (sum(p[0] for p in parts), *parts[0][1:])
-    return tuple(reversed(shape)) if entry.transpose else shape
+def _layout(model: GPT) -> dict[str, list[str]]:
+    """``model``'s parameters grouped by the Hugging Face tensor (name without ``transformer.``)
+    that holds them, stacked along the first dimension in this order. A tied head is not a
+    parameter of its own, so it has no ``lm_head.weight``."""
+    layout: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        hf = ".".join(_HF_MODULES.get(part, part) for part in name.split("."))
+        layout.setdefault(hf, []).append(name)
+    return layout
+
+
+def _transposed(hf: str) -> bool:
+    """Whether ``hf`` is a ``Conv1D`` weight, stored [in, out] where ``nn.Linear`` stores
+    [out, in]."""
+    return ".c_" in hf and hf.endswith(".weight")
 
 
 def _config_from_hf(
@@ -173,10 +154,11 @@ def _fill(
     ``shapes``, fetched with ``read``) into ``model``; every mismatch is reported before any
     tensor is read."""
     config = model.config
-    entries = _layout(config)
+    layout = _layout(model)
     names = {name for name in shapes if not _HF_BUFFER.fullmatch(name)}
-    if not config.tie_weights and checkpoint_tied and "lm_head.weight" not in names:
-        entries = [_Entry("wte.weight", e.ours) if e.hf == "lm_head.weight" else e for e in entries]
+    head_from_wte = "lm_head.weight" in layout and checkpoint_tied and "lm_head.weight" not in names
+    if head_from_wte:
+        del layout["lm_head.weight"]
     if config.tie_weights and "lm_head.weight" in names:
         if not torch.equal(read("lm_head.weight"), read("wte.weight")):
             raise ValueError(
@@ -184,31 +166,30 @@ def _fill(
                 "load with tie_weights=False"
             )
         names.discard("lm_head.weight")
-    expected = {entry.hf for entry in entries}
-    if missing := sorted(expected - names):
+    if missing := sorted(layout.keys() - names):
         raise ValueError(f"{origin}: missing tensor(s) {', '.join(missing[:8])} for {config}")
-    if unexpected := sorted(names - expected):
+    if unexpected := sorted(names - layout.keys()):
         raise ValueError(f"{origin}: unexpected tensor(s) {', '.join(unexpected[:8])} for {config}")
     params = dict(model.named_parameters())
-    our_shapes = {name: p.shape for name, p in params.items()}
-    for entry in entries:
-        want, have = _hf_shape(entry, our_shapes), tuple(shapes[entry.hf])
-        cropped_positions = entry.hf == "wpe.weight" and have[0] >= want[0] and have[1:] == want[1:]
+    for hf, ours in layout.items():
+        want = torch.cat([params[name].to("meta") for name in ours]).shape
+        want, have = tuple(want[::-1] if _transposed(hf) else want), tuple(shapes[hf])
+        cropped_positions = hf == "wpe.weight" and have[0] >= want[0] and have[1:] == want[1:]
         if have != want and not cropped_positions:
             raise ValueError(
-                f"{origin}: tensor {entry.hf!r} has shape {list(have)} in the checkpoint but "
+                f"{origin}: tensor {hf!r} has shape {list(have)} in the checkpoint but "
                 f"the model expects {list(want)}"
             )
     with torch.no_grad():
-        for entry in entries:
-            tensor = read(entry.hf)
-            if entry.hf == "wpe.weight":
-                tensor = tensor[: config.context_length]
-            if entry.transpose:
-                tensor = tensor.T
-            sizes = [our_shapes[name][0] for name in entry.ours]
-            for name, part in zip(entry.ours, tensor.split(sizes, dim=0), strict=True):
+        for hf, ours in layout.items():
+            tensor = read(hf)[: config.context_length] if hf == "wpe.weight" else read(hf)
+            parts = (tensor.T if _transposed(hf) else tensor).split(
+                [params[name].shape[0] for name in ours]
+            )
+            for name, part in zip(ours, parts, strict=True):
                 params[name].copy_(part)
+        if head_from_wte:
+            model.out_head.weight.copy_(model.tok_emb.weight)
 
 
 def _empty_model(config: GPTConfig) -> GPT:
@@ -443,13 +424,14 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
             f"Linear({config.emb_dim}, {config.vocab_size}, bias=False) (a classifier head?)"
         )
     tied = head.weight is model.tok_emb.weight
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    zeros = torch.zeros(config.emb_dim, dtype=params["tok_emb.weight"].dtype)
+    params = dict(model.named_parameters())
     tensors = {}
-    for entry in _layout(dataclasses.replace(config, qkv_bias=True, tie_weights=tied)):
-        stacked = torch.cat(
-            [params[name].cpu() if name in params else zeros for name in entry.ours]
-        )
-        key = entry.hf if entry.hf == "lm_head.weight" else f"transformer.{entry.hf}"
-        tensors[key] = (stacked.T if entry.transpose else stacked).contiguous()
+    for hf, ours in _layout(model).items():
+        stacked = torch.cat([params[name].detach().cpu() for name in ours])
+        key = hf if hf == "lm_head.weight" else f"transformer.{hf}"
+        tensors[key] = (stacked.T if _transposed(hf) else stacked).contiguous()
+    if not config.qkv_bias:  # GPT-2 always has query/key/value biases: zero ones
+        for i in range(config.n_layers):
+            zeros = torch.zeros(3 * config.emb_dim, dtype=model.tok_emb.weight.dtype)
+            tensors[f"transformer.h.{i}.attn.c_attn.bias"] = zeros
     return save_folder(out_dir, tensors, hf_config(config, tied))
