@@ -9,6 +9,22 @@ from typing import Any
 INITS = ("gpt2", "torch")
 
 
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an ``int`` proper (``True`` is not a layer count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an ``int`` or ``float`` other than a bool."""
+    return is_int(value) or isinstance(value, float)
+
+
+def check(ok: bool, name: str, expected: str, value: object) -> None:
+    """Unless ``ok``, raise ``ValueError("<name> must be <expected>, got <value!r>")``."""
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
 @dataclass
 class GPTConfig:
     """Shape and regularisation of a GPT-2 style model.
@@ -35,23 +51,17 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            check(is_int(value) and value >= 1, f"GPTConfig.{name}", "a positive integer", value)
         if self.emb_dim % self.n_heads:
             raise ValueError(
                 f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"GPTConfig.dropout must be a number, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.init not in INITS:
-            raise ValueError(f"GPTConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        ok = is_number(self.dropout) and 0 <= self.dropout < 1
+        check(ok, "GPTConfig.dropout", "a number in [0, 1)", self.dropout)
+        check(self.init in INITS, "GPTConfig.init", f"one of {', '.join(INITS)}", self.init)
         for name in ("qkv_bias", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}"
-                )
+            value = getattr(self, name)
+            check(isinstance(value, bool), f"GPTConfig.{name}", "true or false", value)
 
     @property
     def head_dim(self) -> int:

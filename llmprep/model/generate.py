@@ -15,52 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from llmprep.model.config import check, is_int
 from llmprep.model.gpt import KVCache
 from llmprep.model.modes import evaluating
-
-
-def _context_length(model: nn.Module) -> int:
-    """The window ``model`` reads, from ``model.config.context_length`` (also reachable through
-    wrappers such as peft's, which forward attribute lookups to the wrapped GPT)."""
-    context_length = getattr(getattr(model, "config", None), "context_length", None)
-    if isinstance(context_length, bool) or not isinstance(context_length, int):
-        raise TypeError(
-            f"generate needs a model with an integer config.context_length, got "
-            f"{type(model).__name__} with context_length={context_length!r}"
-        )
-    return context_length
-
-
-def _check_arguments(
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-) -> None:
-    if idx.dim() != 2 or idx.shape[1] == 0 or idx.is_floating_point():
-        raise ValueError(
-            f"idx must be integer token ids of shape [batch, time>0], got {idx.dtype} "
-            f"{list(idx.shape)}"
-        )
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not temperature >= 0.0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-
-
-def _next_input(idx: torch.Tensor, cache: KVCache | None, context_length: int) -> torch.Tensor:
-    """The tokens to feed this step: only the newest one while the cache has room, otherwise the
-    last ``context_length`` tokens (the cache, if any, emptied first)."""
-    if cache is not None and 0 < len(cache) < context_length:
-        return idx[:, -1:]
-    if cache is not None:
-        cache.reset()
-    return idx[:, -context_length:]
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -76,20 +33,6 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits
-
-
-def _pick(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """One token id per row of ``logits`` [B, vocab]."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    probs = _filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def generate(
@@ -117,16 +60,37 @@ def generate(
     around it; ``use_cache=False`` calls plain ``forward(idx)``. The model runs in eval mode
     without gradients, and its modes are restored afterwards (``evaluating``).
     """
-    _check_arguments(idx, max_new_tokens, temperature, top_k, top_p)
-    context_length = _context_length(model)
+    if idx.dim() != 2 or idx.shape[1] == 0 or idx.is_floating_point():
+        raise ValueError(
+            f"idx must be integer token ids of shape [batch, time>0], got {idx.dtype} "
+            f"{list(idx.shape)}"
+        )
+    check(max_new_tokens >= 0, "max_new_tokens", ">= 0", max_new_tokens)
+    check(0.0 <= temperature < float("inf"), "temperature", "a finite number >= 0", temperature)
+    check(top_k is None or top_k >= 1, "top_k", ">= 1 or None", top_k)
+    check(top_p is None or 0.0 < top_p <= 1.0, "top_p", "in (0, 1] or None", top_p)
+    context_length = getattr(getattr(model, "config", None), "context_length", None)
+    if not is_int(context_length):
+        raise TypeError(
+            f"generate needs a model with an integer config.context_length, got "
+            f"{type(model).__name__} with context_length={context_length!r}"
+        )
     pad = eos_id if pad_id is None else pad_id
     cache = KVCache() if use_cache else None
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     with evaluating(model):
         for _ in range(max_new_tokens):
-            step_input = _next_input(idx, cache, context_length)
+            if cache is not None and len(cache) >= context_length:
+                cache.reset()  # the window slides on: re-run it with a fresh cache
+            fresh = cache is None or len(cache) == 0
+            step_input = idx[:, -context_length:] if fresh else idx[:, -1:]
             logits = model(step_input) if cache is None else model(step_input, kv_cache=cache)
-            next_id = _pick(logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = logits[:, -1, :]
+            if temperature == 0.0:
+                next_id = logits.argmax(dim=-1)
+            else:
+                probs = _filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             if eos_id is not None:
                 next_id = torch.where(done, torch.full_like(next_id, pad), next_id)
                 done |= next_id == eos_id
@@ -142,8 +106,7 @@ def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[i
     Our GPT has absolute positions and no attention mask, so prompts padded to a common length
     would see the padding; prompts of the same length batch exactly as they run alone.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check(batch_size >= 1, "batch_size", "positive", batch_size)
     groups: dict[int, list[int]] = defaultdict(list)
     for index, length in enumerate(lengths):
         groups[length].append(index)

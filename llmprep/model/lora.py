@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from llmprep.files import file_sha256
+from llmprep.model.config import check, is_int, is_number
 from llmprep.model.gpt import GPT, has_classifier_head
 from llmprep.model.weights import weights_file
 
@@ -41,11 +42,9 @@ log = logging.getLogger(__name__)
 BLOCK_TARGETS = ("query", "key", "value", "out_proj", "fc", "proj")
 """Every Linear layer of a transformer block: the default LoRA targets."""
 
-HEAD = "out_head"
 CHECKPOINT_KEY = "lora"
 """Key of a LoRA run's checkpoint entry: its settings and the reference to its base weights."""
 
-ADAPTER_MARKERS = (".lora_A.", ".lora_B.")
 BASE_LAYER = ".base_layer"
 
 
@@ -60,28 +59,14 @@ class LoraSettings:
     targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora.rank must be a positive integer (0 = off), got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
-            raise ValueError(f"lora.alpha must be a number, got {self.alpha!r}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be > 0, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
-            raise ValueError(f"lora.dropout must be a number, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.targets is not None and (
-            not self.targets or not all(isinstance(t, str) and t for t in self.targets)
-        ):
-            raise ValueError(
-                f"lora.targets must be null or a non-empty list of layer names, got "
-                f"{list(self.targets)!r}"
-            )
-
-    @property
-    def scaling(self) -> float:
-        """The factor on ``B A x`` (peft's ``alpha / rank``)."""
-        return self.alpha / self.rank
+        rank, alpha, dropout, targets = self.rank, self.alpha, self.dropout, self.targets
+        check(is_int(rank) and rank >= 1, "lora.rank", "a positive integer (0 = off)", rank)
+        check(is_number(alpha) and alpha > 0, "lora.alpha", "a number > 0", alpha)
+        ok = is_number(dropout) and 0 <= dropout < 1
+        check(ok, "lora.dropout", "a number in [0, 1)", dropout)
+        named = all(isinstance(t, str) and t for t in targets or ())
+        ok = targets is None or (bool(targets) and named)
+        check(ok, "lora.targets", "null or a non-empty list of layer names", list(targets or ()))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> LoraSettings | None:
@@ -113,11 +98,6 @@ class LoraSettings:
         return values
 
 
-def _matches(module_name: str, target: str) -> bool:
-    """peft's rule for a plain target name: the full module name or its last dotted parts."""
-    return module_name == target or module_name.endswith("." + target)
-
-
 def resolve_targets(model: GPT, targets: Iterable[str] | None) -> tuple[str, ...]:
     """The layer names LoRA adapts in ``model``: ``targets``, checked, or by default every
     Linear of the blocks plus ``out_head`` when it is a classifier head.
@@ -128,11 +108,11 @@ def resolve_targets(model: GPT, targets: Iterable[str] | None) -> tuple[str, ...
     an error rather than a silently unadapted model.
     """
     if targets is None:
-        return BLOCK_TARGETS + ((HEAD,) if has_classifier_head(model) else ())
+        return BLOCK_TARGETS + (("out_head",) if has_classifier_head(model) else ())
     targets = tuple(targets)
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for target in targets:
-        if not any(_matches(name, target) for name in linear):
+    for target in targets:  # peft's rule: the full module name or its last dotted parts
+        if not any(name == target or name.endswith("." + target) for name in linear):
             names = sorted({name.rsplit(".", 1)[-1] for name in linear})
             raise ValueError(
                 f"lora.targets: {target!r} matches no Linear layer of the model; "
@@ -170,22 +150,10 @@ def apply_lora(
             p.requires_grad = True
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info(
-        "LoRA rank %d, alpha %g (scaling %g) on %s: %s trainable of %s parameters (%.2f%%)",
-        settings.rank,
-        settings.alpha,
-        settings.scaling,
-        ", ".join(targets),
-        f"{trained:,}",
-        f"{total:,}",
-        100 * trained / total,
-    )
+    share = f"{trained:,} trainable of {total:,} parameters ({100 * trained / total:.2f}%)"
+    scaling = f"alpha {settings.alpha:g} (scaling {settings.alpha / settings.rank:g})"
+    log.info("LoRA rank %d, %s on %s: %s", settings.rank, scaling, ", ".join(targets), share)
     return dataclasses.replace(settings, targets=targets)
-
-
-def is_adapter(name: str) -> bool:
-    """Whether the state-dict entry ``name`` is a LoRA adapter tensor."""
-    return any(marker in name for marker in ADAPTER_MARKERS)
 
 
 def base_name(name: str) -> str:
@@ -230,7 +198,8 @@ def fill_base_tensors(
     give (with the right shape) is reported, naming ``origin``.
     """
     own = model.state_dict()
-    required = set(required) if required is not None else {n for n in own if is_adapter(n)}
+    if required is None:
+        required = {n for n in own if ".lora_A." in n or ".lora_B." in n}
     full = dict(stored)
     missing = []
     for name, tensor in own.items():
