@@ -72,22 +72,6 @@ class KVCache:
         self.values.clear()
 
 
-def _causal_mask_args(q_len: int, kv_len: int, device: torch.device) -> dict[str, object]:
-    """SDPA arguments letting query ``i`` (the ``kv_len - q_len + i``-th position) see keys up to
-    itself.
-
-    ``is_causal`` aligns the mask to the top-left corner, which is only right when queries and
-    keys cover the same positions; a chunk of new queries after cached keys needs the mask
-    shifted right by the cache length, and a single new query may see every key.
-    """
-    if q_len == kv_len:
-        return {"is_causal": True}
-    if q_len == 1:
-        return {}
-    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
-    return {"attn_mask": mask}
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position only attends to itself and the past."""
 
@@ -113,12 +97,16 @@ class CausalSelfAttention(nn.Module):
         v = self._split_heads(self.value(x))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
+        # ``is_causal`` aligns the mask top-left, right only when queries and keys cover the same
+        # positions: new queries after cached keys need it shifted right by the cache length (a
+        # single new query sees every key).
+        past = k.shape[2] - time
+        mask = None
+        if past and time > 1:
+            mask = torch.ones(time, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
+        dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=self.dropout if self.training else 0.0,
-            **_causal_mask_args(time, k.shape[2], x.device),
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=not past
         )
         return self.out_proj(y.transpose(1, 2).reshape(batch, time, width))
 
@@ -305,15 +293,12 @@ class GPT(nn.Module):
         return self.final_norm(x)
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> int:
-        """Floating-point operations per token of windows of ``seq_len`` tokens: of a training
-        step (forward and backward) or, with ``training=False``, of a forward pass alone. The
-        figure MFU divides by.
+        """FLOPs per token of windows of ``seq_len`` tokens, of a training step (forward and
+        backward) or with ``training=False`` a forward pass alone: the figure MFU divides by.
 
-        Counted as PaLM's appendix and nanoGPT do: 2 FLOPs per multiply-add of every weight
-        matrix a token passes through (the blocks' projections and ``out_head``, whatever its
-        width; embedding lookups are free), plus the attention scores and weighted values over
-        the full window (the causal half is not subtracted); the backward pass costs twice the
-        forward.
+        Counted as PaLM's appendix and nanoGPT do: 2 per multiply-add of every weight matrix
+        (``out_head`` included, whatever its width; embedding lookups are free) plus the attention
+        over the full window (the causal half not subtracted); backward costs twice the forward.
         Frozen weights count as trained, as MFU conventionally does.
         """
         matrices = sum(

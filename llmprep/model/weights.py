@@ -31,20 +31,13 @@ WEIGHTS_FILE = "model.safetensors"
 TF_HPARAMS_FILE = "hparams.json"
 TF_INDEX_FILE = "checkpoint"
 
-HUB_ALIASES = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-small": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
+HUB_ALIASES = {"gpt2-small": "openai-community/gpt2"} | {
+    name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 }
 """Bare model names accepted in place of their hub ids."""
 
 _HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 """Causal-mask buffers older ``transformers`` versions saved with the weights; not parameters."""
-
-Reader = Callable[[str], torch.Tensor]
-
 
 _HF_MODULES = {
     "tok_emb": "wte",
@@ -143,17 +136,21 @@ def read_json(path: Path) -> dict[str, Any]:
     return values
 
 
-def _fill(
-    model: GPT,
+def _load(
+    config: GPTConfig,
     shapes: Mapping[str, tuple[int, ...]],
-    read: Reader,
+    read: Callable[[str], torch.Tensor],
     origin: str,
     checkpoint_tied: bool,
-) -> None:
-    """Copy the checkpoint tensors (Hugging Face names without ``transformer.``, their
-    ``shapes``, fetched with ``read``) into ``model``; every mismatch is reported before any
-    tensor is read."""
-    config = model.config
+) -> GPT:
+    """A ``GPT`` with ``config`` holding the checkpoint tensors (Hugging Face names without
+    ``transformer.``, their ``shapes``, fetched with ``read``); every mismatch is reported before
+    any tensor is read."""
+    with torch.device("meta"):
+        model = GPT(config)  # no random init: the checkpoint replaces every parameter
+    model = model.to_empty(device="cpu")
+    if config.tie_weights:
+        model.out_head.weight = model.tok_emb.weight  # to_empty gives each its own storage
     layout = _layout(model)
     names = {name for name in shapes if not _HF_BUFFER.fullmatch(name)}
     head_from_wte = "lm_head.weight" in layout and checkpoint_tied and "lm_head.weight" not in names
@@ -190,15 +187,6 @@ def _fill(
                 params[name].copy_(part)
         if head_from_wte:
             model.out_head.weight.copy_(model.tok_emb.weight)
-
-
-def _empty_model(config: GPTConfig) -> GPT:
-    """A ``GPT`` with uninitialised parameters (skips the random init the checkpoint replaces)."""
-    with torch.device("meta"):
-        model = GPT(config)
-    model = model.to_empty(device="cpu")
-    if config.tie_weights:
-        model.out_head.weight = model.tok_emb.weight  # to_empty gives each its own storage
     return model
 
 
@@ -215,14 +203,13 @@ def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
             )
     values = read_json(folder / CONFIG_FILE)
     config = _config_from_hf(values, folder / CONFIG_FILE, overrides)
-    model = _empty_model(config)
     try:
         with safe_open(weights, framework="pt") as f:
-            keys = f.keys()
+            keys = f.keys()  # a safe_open handle is not iterable
             stored = {key.removeprefix("transformer."): key for key in keys}
             shapes = {name: tuple(f.get_slice(key).get_shape()) for name, key in stored.items()}
-            _fill(
-                model,
+            return _load(
+                config,
                 shapes,
                 lambda name: f.get_tensor(stored[name]),
                 str(weights),
@@ -230,7 +217,6 @@ def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
             )
     except SafetensorError as err:
         raise ValueError(f"{weights}: not a readable safetensors file: {err}") from None
-    return model
 
 
 def _tf_name_to_hf(name: str) -> str:
@@ -280,9 +266,7 @@ def _load_tf_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
         array = tf.train.load_variable(prefix, stored[name])
         return torch.from_numpy(array.reshape(shapes[name]))
 
-    model = _empty_model(config)
-    _fill(model, shapes, read, prefix, checkpoint_tied=True)
-    return model
+    return _load(config, shapes, read, prefix, checkpoint_tied=True)
 
 
 class HubError(UserError, ConnectionError):
@@ -311,15 +295,13 @@ def _download(repo_id: str) -> Path:
             "Point init_from at a local folder holding "
             f"{WEIGHTS_FILE} and {CONFIG_FILE}, or at one of our checkpoints (.ckpt), instead."
         ) from None
-    except RepositoryNotFoundError:
+    except (RepositoryNotFoundError, HFValidationError):
         raise ValueError(f"{repo_id!r} is neither a local folder nor a model on the hub") from None
     except EntryNotFoundError:
         raise FileNotFoundError(
             f"hub model {repo_id!r} has no {CONFIG_FILE} or {WEIGHTS_FILE}; only safetensors "
             "weights are loaded"
         ) from None
-    except HFValidationError:
-        raise ValueError(f"{repo_id!r} is neither an existing folder nor a valid hub id") from None
 
 
 def pretrained_folder(name_or_path: str | Path) -> Path:
