@@ -179,11 +179,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        scaled = [
-            None if g is None else g * grad_loss.to(g.dtype) for g in (grad_hidden, grad_weight)
-        ]
-        return scaled[0], scaled[1], None, None
+        grads = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+        return *grads, None, None
 
 
 class GPT(nn.Module):
@@ -192,12 +189,9 @@ class GPT(nn.Module):
     ``out_head`` may be replaced (e.g. by ``nn.Linear(emb_dim, num_classes)`` for
     classification); ``forward`` then returns that head's outputs at every position.
 
-    ``activation_checkpointing`` (off by default; not part of the config since it changes no
-    result) makes training recompute each block's activations in the backward pass instead of
-    keeping them: memory for activations drops to one block's, at the cost of a second forward.
-
-    :meth:`compile_blocks` makes training and evaluation run the blocks through
-    ``torch.compile``; generation with a cache stays eager.
+    ``activation_checkpointing`` (off by default; not in the config as it changes no result)
+    makes training recompute each block's activations in the backward pass instead of keeping
+    them: activation memory drops to one block's, at the cost of a second forward.
     """
 
     def __init__(self, config: GPTConfig) -> None:

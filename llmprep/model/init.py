@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from llmprep.checkpoints import read_checkpoint
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.lora import (
     CHECKPOINT_KEY,
+    PREFIX,
     LoraSettings,
     apply_lora,
     fill_base_tensors,
@@ -55,8 +55,7 @@ def checkpoint_model(
     model_config = dict(hparams["model_config"])
     if dropout is not None:
         model_config["dropout"] = dropout
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
     if not state:
         raise ValueError(f"{path}: checkpoint holds no `model.*` weights")
     lora = ckpt.get(CHECKPOINT_KEY)
@@ -106,15 +105,16 @@ def build_model(model_cfg: Mapping[str, Any], init_from: str | None) -> GPT:
     if init_from is None:
         return GPT(config)
     model = load_weights(init_from, config.dropout)
-    loaded = asdict(model.config)
-    differing = {
-        k: (getattr(config, k), loaded[k]) for k in ARCH_KEYS if getattr(config, k) != loaded[k]
-    }
+    differing = [
+        f"{key} ({getattr(config, key)} vs {getattr(model.config, key)})"
+        for key in ARCH_KEYS
+        if getattr(config, key) != getattr(model.config, key)
+    ]
     if differing:
         log.warning(
             "model=%s differs from init_from=%s in %s; using the checkpoint's architecture",
             model_cfg.get("name"),
             init_from,
-            ", ".join(f"{k} ({a} vs {b})" for k, (a, b) in differing.items()),
+            ", ".join(differing),
         )
     return model

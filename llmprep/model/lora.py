@@ -2,12 +2,10 @@
 and merged back, and what a LoRA run's checkpoints hold.
 
 Adapters are injected with ``peft.inject_adapter_in_model`` rather than wrapped in a
-``PeftModel``: the model stays our ``GPT``, so its attributes (``config``, ``out_head``,
-``blocks``), its ``forward(idx, kv_cache=...)``, ``generate``, a stage's own forward and weight
-export all work unchanged, and nothing depends on peft's transformers-oriented wrapper
-(``save_pretrained``, hub configs). The cost is only in names: an adapted layer's base weight is
-``<layer>.base_layer.weight`` and its adapters ``<layer>.lora_A.default.weight`` /
-``<layer>.lora_B.default.weight``.
+``PeftModel``: the model stays our ``GPT`` (its attributes, ``forward(idx, kv_cache=...)``,
+``generate``, a stage's own forward and weight export work unchanged), with nothing depending on
+peft's transformers-oriented wrapper. The cost is only in names: an adapted layer's base weight
+is ``<layer>.base_layer.weight``, its adapters ``<layer>.lora_{A,B}.default.weight``.
 
 Scaling follows peft: an adapted Linear computes ``W x + (alpha / rank) * B A x``. (The book's
 appendix E code multiplies by ``alpha`` alone; rank 16 with its alpha 16 is alpha 256 here.)
@@ -44,6 +42,9 @@ BLOCK_TARGETS = ("query", "key", "value", "out_proj", "fc", "proj")
 
 CHECKPOINT_KEY = "lora"
 """Key of a LoRA run's checkpoint entry: its settings and the reference to its base weights."""
+
+PREFIX = "model."
+"""Start of the model's names in a task's state dict (the tasks keep it at ``self.model``)."""
 
 BASE_LAYER = ".base_layer"
 
@@ -91,21 +92,14 @@ class LoraSettings:
             targets=tuple(targets) if targets is not None else None,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values, for checkpoints and logs."""
-        values = dataclasses.asdict(self)
-        values["targets"] = list(self.targets) if self.targets is not None else None
-        return values
-
 
 def resolve_targets(model: GPT, targets: Iterable[str] | None) -> tuple[str, ...]:
     """The layer names LoRA adapts in ``model``: ``targets``, checked, or by default every
     Linear of the blocks plus ``out_head`` when it is a classifier head.
 
-    The 50,257-way LM head is left out by default: its adapter alone would hold 0.8M of gpt2-small's
-    3.5M LoRA parameters while the token embeddings it projects onto stay as they are; list
-    ``out_head`` to adapt it anyway. Each name must match at least one Linear layer, so a typo is
-    an error rather than a silently unadapted model.
+    The 50,257-way LM head is left out by default (its adapter alone would hold 0.8M of
+    gpt2-small's 3.5M LoRA parameters); list ``out_head`` to adapt it. Each name must match a
+    Linear layer, so a typo is an error rather than a silently unadapted model.
     """
     if targets is None:
         return BLOCK_TARGETS + (("out_head",) if has_classifier_head(model) else ())
@@ -252,11 +246,10 @@ def load_base(reference: Mapping[str, str], dropout: float = 0.0) -> GPT:
 class LoraRun:
     """A model's LoRA adapters and what its checkpoints hold.
 
-    ``settings`` has its targets resolved. ``stored`` names the entries of the model's state dict
-    a checkpoint keeps: adapters, tensors the stage added, anything trainable. ``base`` is the
-    reference to the base weights (``None`` for a random base, which is then stored whole).
-    ``missing_base`` is the ``init_from`` whose weights the model does not hold yet (built
-    without them, until :func:`restore_lora` puts a checkpoint's base in).
+    ``stored``: the state-dict entries a checkpoint keeps (adapters, tensors the stage added,
+    anything trainable). ``base``: the reference to the base weights (``None`` for a random base,
+    then stored whole). ``missing_base``: the ``init_from`` whose weights the model was built
+    without, until :func:`restore_lora` puts a checkpoint's base in.
     """
 
     settings: LoraSettings
@@ -294,12 +287,9 @@ def start_lora(
     return LoraRun(settings, stored, base, missing_base=init_from if not holds_base else None)
 
 
-def save_lora(lora: LoraRun | None, checkpoint: dict[str, Any], prefix: str = "model.") -> None:
+def save_lora(lora: LoraRun | None, checkpoint: dict[str, Any]) -> None:
     """Make a Lightning ``checkpoint`` a LoRA run's: drop the referenced base tensors from its
-    state dict and record the settings and the base reference; nothing without LoRA.
-
-    ``prefix`` starts the state-dict names of the model (the tasks keep it at ``self.model``).
-    """
+    state dict and record the settings and the base reference; nothing without LoRA."""
     if lora is None:
         return
     if lora.missing_base is not None:
@@ -310,18 +300,17 @@ def save_lora(lora: LoraRun | None, checkpoint: dict[str, Any], prefix: str = "m
         )
     state = checkpoint["state_dict"]
     if lora.base is not None:
-        for key in [k for k in state if k.startswith(prefix)]:
-            if key[len(prefix) :] not in lora.stored:
+        for key in [k for k in state if k.startswith(PREFIX)]:
+            if key[len(PREFIX) :] not in lora.stored:
                 del state[key]
-    checkpoint[CHECKPOINT_KEY] = {**lora.settings.to_dict(), "base": lora.base}
+    settings = dataclasses.asdict(lora.settings) | {"targets": list(lora.settings.targets or ())}
+    checkpoint[CHECKPOINT_KEY] = {**settings, "base": lora.base}
 
 
-def restore_lora(
-    lora: LoraRun | None, model: nn.Module, checkpoint: dict[str, Any], prefix: str = "model."
-) -> None:
+def restore_lora(lora: LoraRun | None, model: nn.Module, checkpoint: dict[str, Any]) -> None:
     """Check a Lightning ``checkpoint``'s LoRA entry against this run's ``lora`` and put the base
     tensors it leaves out back into its state dict, so Lightning's strict loading sees a complete
-    state (``prefix`` as in :func:`save_lora`).
+    state.
 
     The base comes from ``model`` when it holds the one the checkpoint refers to, else it is
     re-read from the reference (its sha256 checked); from then on the run refers to that base.
@@ -349,6 +338,6 @@ def restore_lora(
         base = load_base(reference).state_dict()
     lora.base, lora.missing_base = reference, None
     state = checkpoint["state_dict"]
-    ours = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    ours = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     full = fill_base_tensors(model, ours, base, "the LoRA checkpoint", required=lora.stored)
-    state.update({prefix + name: t for name, t in full.items()})
+    state.update({PREFIX + name: t for name, t in full.items()})

@@ -12,13 +12,12 @@ from torch import nn
 @contextmanager
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` in eval mode and without gradients for the block; afterwards every submodule
-    is back in the mode it had, whatever the block raised.
+    is back in its own mode, whatever the block raised.
 
-    Every inference entry point (generation, classification) goes through this, so dropout
-    never makes one text's answer depend on when it was asked, e.g. after ``load_from_checkpoint``
-    (which returns a module in training mode) or from a validation hook. Each submodule's own
-    flag is restored, not one flag for all (``module.train(was_training)`` would switch on a
-    part that was deliberately left in eval mode), as Lightning's loops restore them.
+    Every inference entry point (generation, classification) goes through this, so dropout never
+    makes an answer depend on when it was asked (e.g. after ``load_from_checkpoint``, which
+    returns a module in training mode). Each submodule's flag is restored, as Lightning's loops
+    do: ``module.train(was_training)`` would switch on a part deliberately left in eval mode.
     """
     modes = [(sub, sub.training) for sub in module.modules()]
     module.eval()

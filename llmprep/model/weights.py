@@ -58,6 +58,16 @@ _HF_MODULES = {
 """Our module names -> Hugging Face GPT-2's; its fused ``c_attn`` holds query, key and value."""
 
 
+_HF_FIELDS = {
+    "n_embd": "emb_dim",
+    "n_layer": "n_layers",
+    "n_head": "n_heads",
+    "n_positions": "context_length",
+    "vocab_size": "vocab_size",
+}
+"""The shape fields of a Hugging Face GPT-2 ``config.json`` -> our ``GPTConfig`` fields."""
+
+
 def _layout(model: GPT) -> dict[str, list[str]]:
     """``model``'s parameters grouped by the Hugging Face tensor (name without ``transformer.``)
     that holds them, stacked along the first dimension in this order. A tied head is not a
@@ -84,7 +94,7 @@ def _config_from_hf(
     is false. GPT-2's dropout rates are ignored: dropout is a training choice, 0.0 unless
     overridden. ``context_length`` may be overridden downwards (the position table is cropped).
     """
-    for field in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
+    for field in _HF_FIELDS:
         if field not in values:
             raise ValueError(f"{source}: missing field {field!r}")
     supported = {
@@ -110,15 +120,8 @@ def _config_from_hf(
             f"context_length={context_length} exceeds the {n_positions} positions the checkpoint "
             f"{source.parent} was trained with"
         )
-    base = {
-        "vocab_size": values["vocab_size"],
-        "context_length": n_positions,
-        "emb_dim": values["n_embd"],
-        "n_layers": values["n_layer"],
-        "n_heads": values["n_head"],
-        "qkv_bias": True,
-        "tie_weights": bool(values.get("tie_word_embeddings", True)),
-    }
+    base = {ours: values[hf] for hf, ours in _HF_FIELDS.items()}
+    base |= {"qkv_bias": True, "tie_weights": bool(values.get("tie_word_embeddings", True))}
     try:
         return GPTConfig.from_dict({**base, **overrides})
     except ValueError as err:
@@ -375,11 +378,7 @@ def hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
     eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
     return GPT2Config(
         architectures=["GPT2LMHeadModel"],
-        vocab_size=config.vocab_size,
-        n_positions=config.context_length,
-        n_embd=config.emb_dim,
-        n_layer=config.n_layers,
-        n_head=config.n_heads,
+        **{hf: getattr(config, ours) for hf, ours in _HF_FIELDS.items()},
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
