@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from llmprep.errors import UserError
 from llmprep.files import atomic_path, write_json_atomically
@@ -194,8 +196,6 @@ def _load(
 
 
 def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
-    from safetensors import SafetensorError, safe_open
-
     weights = folder / WEIGHTS_FILE
     for path in (folder / CONFIG_FILE, weights):
         if not path.is_file():
@@ -225,18 +225,11 @@ def _load_safetensors_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
 def _tf_name_to_hf(name: str) -> str:
     """``model/h3/attn/c_attn/w`` -> ``h.3.attn.c_attn.weight``; ``model/wte`` -> ``wte.weight``.
     Names outside ``model/`` are kept, so they are reported as unexpected."""
-    parts = name.split("/")
-    if parts[0] != "model":
+    if not name.startswith("model/"):
         return name
-    parts = parts[1:]
-    if re.fullmatch(r"h\d+", parts[0]):
-        parts[0:1] = ["h", parts[0][1:]]
-    suffixes = {"g": "weight", "b": "bias", "w": "weight"}
-    if parts[-1] in suffixes:
-        parts[-1] = suffixes[parts[-1]]
-    else:
-        parts.append("weight")
-    return ".".join(parts)
+    name = re.sub(r"^h(\d+)/", r"h/\1/", name.removeprefix("model/"))
+    name = re.sub(r"/[gw]$", "/weight", re.sub(r"/b$", "/bias", name))
+    return (name if name.endswith(("/weight", "/bias")) else name + "/weight").replace("/", ".")
 
 
 def _load_tf_folder(folder: Path, overrides: Mapping[str, Any]) -> GPT:
@@ -278,19 +271,12 @@ class HubError(UserError, ConnectionError):
 
 def _download(repo_id: str) -> Path:
     """The local folder holding ``repo_id``'s config and safetensors weights (hub cache)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import errors, hf_hub_download
 
     try:
         hf_hub_download(repo_id, CONFIG_FILE)
         return Path(hf_hub_download(repo_id, WEIGHTS_FILE)).parent
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError):
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, ConnectionError):
         offline = os.environ.get("HF_HUB_OFFLINE", "0")
         raise HubError(
             f"init_from={repo_id!r}: could not reach the Hugging Face hub (HF_HUB_OFFLINE="
@@ -298,9 +284,9 @@ def _download(repo_id: str) -> Path:
             "Point init_from at a local folder holding "
             f"{WEIGHTS_FILE} and {CONFIG_FILE}, or at one of our checkpoints (.ckpt), instead."
         ) from None
-    except (RepositoryNotFoundError, HFValidationError):
+    except (errors.RepositoryNotFoundError, errors.HFValidationError):
         raise ValueError(f"{repo_id!r} is neither a local folder nor a model on the hub") from None
-    except EntryNotFoundError:
+    except errors.EntryNotFoundError:
         raise FileNotFoundError(
             f"hub model {repo_id!r} has no {CONFIG_FILE} or {WEIGHTS_FILE}; only safetensors "
             "weights are loaded"
@@ -361,8 +347,6 @@ def save_folder(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], config
     """``tensors`` as ``model.safetensors`` and ``config`` as ``config.json`` in ``out_dir``;
     returns ``out_dir``. Each file is written under a temporary name and renamed, so an
     interrupted write never leaves a half-written file; other files in ``out_dir`` are kept."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
