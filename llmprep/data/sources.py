@@ -3,9 +3,8 @@
 A registered name resolves, in this order, to
 
 1. the cache, ``cache_dir()/sources/<filename>``, when its sha256 still matches;
-2. the first ``LLMPREP_MIRROR`` folder (colon-separated) holding ``<filename>``; the file is
-   checked and used in place, not copied: mirrors are typically shared, read-only folders of
-   already-verified files, and a copy would only double the disk use of every user of the mirror;
+2. the first ``LLMPREP_MIRROR`` folder (colon-separated) holding ``<filename>``, checked and
+   used in place (mirrors are typically shared, read-only folders; a copy would double the disk);
 3. a download into the cache, checked before it becomes visible there.
 
 Any other string is a local path. Every failure raises one :class:`SourceError` whose message
@@ -40,11 +39,9 @@ class SourceError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """A data file known by name: where it comes from and the sha256 it must have.
-
-    For a zip download, ``member`` names the file inside the archive; ``filename`` and ``sha256``
-    then describe that extracted member, which is what the cache and the mirrors hold.
-    """
+    """A data file known by name: where it comes from and the sha256 it must have. For a zip
+    download, ``member`` names the file inside the archive that ``filename`` and ``sha256`` (and
+    the cache and the mirrors) hold."""
 
     name: str
     url: str
@@ -88,10 +85,8 @@ SOURCES: dict[str, Source] = {
 
 
 def cache_dir() -> Path:
-    """The llmprep cache folder, ``$LLMPREP_CACHE`` or ``~/.cache/llmprep``, created if needed.
-
-    The variable is read on every call, so a process (or a test) can redirect the cache at will.
-    """
+    """The llmprep cache folder, ``$LLMPREP_CACHE`` (read on every call) or
+    ``~/.cache/llmprep``, created if needed."""
     folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmprep")
     folder = folder.expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,9 +108,9 @@ def resolve(name_or_path: str) -> Path:
 def resolve_many(specs: str | Sequence[str]) -> list[Path]:
     """The files named by source names, paths or glob patterns, in the order given.
 
-    A glob expands to its matching files in sorted order (``**`` recurses); one matching no file
-    is an error naming the pattern. A file named twice is kept once, at its first position, so
-    overlapping patterns never duplicate a document in a corpus.
+    A glob expands to its matching files, sorted (``**`` recurses); one matching no file is an
+    error. A file named twice is kept once, at its first position, so overlapping patterns
+    never duplicate a document in a corpus.
     """
     paths: list[Path] = []
     for spec in [specs] if isinstance(specs, str) else specs:
@@ -182,20 +177,14 @@ def _mirrored(source: Source) -> Path | None:
     return None
 
 
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _download(source: Source) -> Path:
     """Download into the cache: a temporary file next to the target, checked, then renamed.
 
-    The registered sources are the book's small files (the largest about 1 MB), so a download,
-    and the zip a member is taken from, is held in memory. ``HF_HUB_OFFLINE`` is honoured as the
-    project-wide offline switch: with it set, nothing is fetched and the error says where the
-    file was looked for.
+    The sources are the book's small files (about 1 MB at most), so a download is held in
+    memory. ``HF_HUB_OFFLINE``, the project-wide offline switch, forbids it.
     """
     missing = f"not in the cache nor in {MIRROR_ENV} ({os.environ.get(MIRROR_ENV) or 'unset'})"
-    if _offline():
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
         raise _error(source, f"{missing}, and {OFFLINE_ENV} forbids a download")
     target = cache_dir() / "sources" / source.filename
     try:
