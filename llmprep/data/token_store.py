@@ -36,7 +36,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -215,29 +215,21 @@ def is_blank(text: str) -> bool:
 
 def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
     """The text chunks of every non-blank document (``is_blank``), with ``None`` marking each
-    boundary between two of them."""
+    boundary between two of them; a document is read ahead only up to its first chunk that is
+    not blank, so it is still streamed."""
     first = True
     for file in files:
         for document in _documents(file, chunk_chars):
-            chunks = _unless_blank(document)
-            if chunks is None:
-                continue
-            if not first:
-                yield None
-            first = False
-            yield from chunks
-
-
-def _unless_blank(chunks: Iterable[str]) -> Iterator[str] | None:
-    """The chunks of a document again, or ``None`` when together they are blank (reading ahead
-    only up to the first chunk that is not, so a document is still streamed)."""
-    iterator = iter(chunks)
-    head: list[str] = []
-    for chunk in iterator:
-        head.append(chunk)
-        if not is_blank(chunk):
-            return chain(head, iterator)
-    return None
+            chunks = iter(document)
+            head: list[str] = []
+            for chunk in chunks:
+                head.append(chunk)
+                if not is_blank(chunk):
+                    if not first:
+                        yield None
+                    first = False
+                    yield from head
+                    yield from chunks
 
 
 def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
