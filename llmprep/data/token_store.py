@@ -103,7 +103,10 @@ def build_token_store(
         )
     folder = cache_dir() / "tokens"
     folder.mkdir(parents=True, exist_ok=True)
-    key = _store_key(files, tokenizer_name)
+    # The key: a readable prefix (the first file's stem), a digest of the paths and tokenizer.
+    identity = json.dumps([tokenizer_name, [str(f) for f in files]]).encode()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", files[0].stem)[:40]
+    key = f"{stem}-{hashlib.sha256(identity).hexdigest()[:16]}"
     bin_path, json_path = folder / f"{key}.bin", folder / f"{key}.json"
     store = _unchanged_store(bin_path, json_path, files, tokenizer_name)
     if store is not None:
@@ -118,13 +121,6 @@ def split_tokens(tokens: np.ndarray, train_fraction: float) -> tuple[np.ndarray,
         raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction!r}")
     cut = int(train_fraction * len(tokens))
     return tokens[:cut], tokens[cut:]
-
-
-def _store_key(files: Sequence[Path], tokenizer_name: str) -> str:
-    """A readable prefix (the first file's stem) and a digest of the paths and the tokenizer."""
-    identity = json.dumps([tokenizer_name, [str(f) for f in files]])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', files[0].stem)[:40]}-{digest}"
 
 
 def _fingerprint(file: Path) -> dict[str, Any]:
