@@ -100,9 +100,21 @@ def resolve(name_or_path: str) -> Path:
     in the working folder (write ``./the-verdict`` to mean the file). Paths come back absolute.
     """
     source = SOURCES.get(name_or_path)
-    if source is None:
-        return _local_file(name_or_path)
-    return _cached(source) or _mirrored(source) or _download(source)
+    if source is not None:
+        return _cached(source) or _mirrored(source) or _download(source)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        problem = (
+            f"{path.absolute()} is a folder (name its files with a glob: '{name_or_path}/*.txt')"
+        )
+    else:
+        problem = f"{path.absolute()} does not exist"
+    raise SourceError(
+        f"{name_or_path!r} is neither a registered data source nor an existing file: {problem}; "
+        f"registered sources: {', '.join(SOURCES)}"
+    )
 
 
 def resolve_many(specs: str | Sequence[str]) -> list[Path]:
@@ -123,20 +135,6 @@ def resolve_many(specs: str | Sequence[str]) -> list[Path]:
         else:
             paths.append(resolve(spec))
     return list(dict.fromkeys(paths))
-
-
-def _local_file(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if path.is_dir():
-        problem = f"{path.absolute()} is a folder (name its files with a glob: '{spec}/*.txt')"
-    else:
-        problem = f"{path.absolute()} does not exist"
-    raise SourceError(
-        f"{spec!r} is neither a registered data source nor an existing file: {problem}; "
-        f"registered sources: {', '.join(SOURCES)}"
-    )
 
 
 def _error(source: Source, problem: str) -> SourceError:
@@ -164,16 +162,14 @@ def _cached(source: Source) -> Path | None:
 
 
 def _mirrored(source: Source) -> Path | None:
-    for folder in os.environ.get(MIRROR_ENV, "").split(os.pathsep):
-        if not folder:
-            continue
-        path = Path(folder).expanduser() / source.filename
-        if not path.is_file():
-            continue
-        actual = file_sha256(path)
-        if actual != source.sha256:
-            raise _error(source, f"the mirror file {path} has sha256 {actual}")
-        return path.resolve()
+    """The file in the first mirror folder holding it, which must match its sha256."""
+    folders = [Path(f).expanduser() for f in os.environ.get(MIRROR_ENV, "").split(os.pathsep) if f]
+    for path in [folder / source.filename for folder in folders]:
+        if path.is_file():
+            actual = file_sha256(path)
+            if actual != source.sha256:
+                raise _error(source, f"the mirror file {path} has sha256 {actual}")
+            return path.resolve()
     return None
 
 
