@@ -101,8 +101,7 @@ def build_token_store(
         raise ValueError(
             f"tokenizer {tokenizer_name!r} has {tokenizer.vocab_size} ids, more than {DTYPE} holds"
         )
-    folder = cache_dir() / "tokens"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_dir() / "tokens"  # created by atomic_path when a store is built
     # The key: a readable prefix (the first file's stem), a digest of the paths and tokenizer.
     identity = json.dumps([tokenizer_name, [str(f) for f in files]]).encode()
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", files[0].stem)[:40]
@@ -111,7 +110,30 @@ def build_token_store(
     store = _unchanged_store(bin_path, json_path, files, tokenizer_name)
     if store is not None:
         return store
-    return _build(bin_path, json_path, files, tokenizer_name, chunk_chars)
+    sources = [_fingerprint(f) for f in files]
+    num_tokens = 0
+    with atomic_path(bin_path) as temp, open(temp, "wb") as out:
+        segments = _segments(files, chunk_chars)
+        while batch := list(islice(segments, _CHUNKS_PER_BATCH)):
+            texts = [segment for segment in batch if segment is not None]
+            encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
+            for segment in batch:
+                ids = [tokenizer.eot_id] if segment is None else next(encoded)
+                np.asarray(ids, dtype=DTYPE).tofile(out)
+                num_tokens += len(ids)
+        if num_tokens == 0:
+            raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
+        json_path.unlink(missing_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer_name,
+        "dtype": DTYPE,
+        "num_tokens": num_tokens,
+        "eot_id": tokenizer.eot_id,
+        "sources": sources,
+    }
+    write_json_atomically(json_path, meta)
+    return TokenStore(bin_path, meta)
 
 
 def split_tokens(tokens: np.ndarray, train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,37 +186,6 @@ def _unchanged_store(
         return None
     if refreshed:
         write_json_atomically(json_path, meta)
-    return TokenStore(bin_path, meta)
-
-
-def _build(
-    bin_path: Path, json_path: Path, files: Sequence[Path], tokenizer_name: str, chunk_chars: int
-) -> TokenStore:
-    tokenizer = get_tokenizer(tokenizer_name)
-    sources = [_fingerprint(f) for f in files]
-    num_tokens = 0
-    with atomic_path(bin_path) as temp:
-        with open(temp, "wb") as out:
-            segments = _segments(files, chunk_chars)
-            while batch := list(islice(segments, _CHUNKS_PER_BATCH)):
-                texts = [segment for segment in batch if segment is not None]
-                encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
-                for segment in batch:
-                    ids = [tokenizer.eot_id] if segment is None else next(encoded)
-                    np.asarray(ids, dtype=DTYPE).tofile(out)
-                    num_tokens += len(ids)
-        if num_tokens == 0:
-            raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
-        json_path.unlink(missing_ok=True)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": tokenizer_name,
-        "dtype": DTYPE,
-        "num_tokens": num_tokens,
-        "eot_id": tokenizer.eot_id,
-        "sources": sources,
-    }
-    write_json_atomically(json_path, meta)
     return TokenStore(bin_path, meta)
 
 
