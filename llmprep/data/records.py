@@ -117,13 +117,8 @@ def split_files(folder: Path) -> dict[str, Path]:
         matches = [folder / name for name in names if (folder / name).is_file()]
         if len(matches) != 1:
             listed = ", ".join(p.name for p in matches) or "none"
-            raise DataError(
-                folder,
-                None,
-                None,
-                f"a split folder needs exactly one {'/'.join(stems)} file "
-                f"({', '.join(SUFFIX_FORMATS)}), found {listed}",
-            )
+            need = f"exactly one {'/'.join(stems)} file ({', '.join(SUFFIX_FORMATS)})"
+            raise DataError(folder, None, None, f"a split folder needs {need}, found {listed}")
         found[split] = matches[0]
     return found
 
@@ -304,13 +299,9 @@ def _delimited_items(
             if header is None:
                 header = header_of(row, line)
             elif len(row) > len(header):
-                raise DataError(
-                    path,
-                    line,
-                    None,
-                    f"the row has {len(row)} fields but the columns are {header} "
-                    "(an unquoted delimiter inside a text?)",
-                )
+                message = f"the row has {len(row)} fields but the columns are {header}"
+                hint = " (an unquoted delimiter inside a text?)"
+                raise DataError(path, line, None, message + hint)
             else:
                 yield line, dict(zip_longest(header, row, fillvalue=""))
     except csv.Error as err:
@@ -352,12 +343,8 @@ def split_records(
     parts.update({name: items[start:] for name in SPLITS if name not in fractions})
     for name in SPLITS:
         if not parts[name]:
-            raise DataError(
-                source,
-                None,
-                None,
-                f"{len(items)} records leave the {name} split empty (fractions {dict(fractions)})",
-            )
+            message = f"{len(items)} records leave the {name} split empty"
+            raise DataError(source, None, None, f"{message} (fractions {dict(fractions)})")
     return {name: parts[name] for name in SPLITS}
 
 
