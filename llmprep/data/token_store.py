@@ -82,7 +82,7 @@ def build_token_store(
     last); blank documents are skipped (``is_blank``); a literal ``<|endoftext|>`` inside a file
     is ordinary text. An existing store is reused while every source keeps its size and mtime,
     or, when only the mtime moved, its sha256; otherwise it is rebuilt. ``chunk_chars`` is the
-    read size.
+    read size in bytes (the tokens do not depend on it).
 
     Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
     and the ``.json`` last, so an interrupted build never leaves a store that looks complete;
