@@ -117,19 +117,18 @@ class ClassificationScores(nn.Module):
 
     def compute(self) -> dict[str, Any]:
         """``examples``, ``accuracy``, ``f1``, ``loss`` and ``confusion_matrix`` (rows: true,
-        columns: predicted label ids) as plain numbers."""
+        columns: predicted label ids) as plain numbers; then the scores start over."""
         confusion = self.confusion.compute()
-        return {
+        values = {
             "examples": int(confusion.sum()),
             "accuracy": float(self.accuracy.compute()),
             "f1": float(self.f1.compute()),
             "loss": float(self.loss.compute()),
             "confusion_matrix": confusion.tolist(),
         }
-
-    def reset(self) -> None:
-        for metric in (self.accuracy, self.f1, self.loss, self.confusion):
+        for metric in self.children():
             metric.reset()
+        return values
 
 
 @dataclass(frozen=True)
@@ -206,10 +205,9 @@ class ClassifyTask(GPTTask):
     def _log_scores(
         self, scores: ClassificationScores, name: str, keys: Sequence[str] = ("acc", "f1", "loss")
     ) -> dict[str, Any]:
-        """Log and reset ``scores`` as ``{name}/acc``, ``{name}/f1``, ``{name}/loss``; return
-        them."""
+        """Log ``scores`` (and start them over) as ``{name}/acc``, ``{name}/f1``,
+        ``{name}/loss``; return them."""
         values = scores.compute()
-        scores.reset()
         for key in keys:
             value = values["accuracy" if key == "acc" else key]
             self.log(f"{name}/{key}", value, prog_bar=key == "acc", sync_dist=False)
@@ -266,13 +264,7 @@ class ClassifyTask(GPTTask):
             with evaluating(self):
                 logits = self(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
             for text, probs in zip(chunk, logits.float().softmax(dim=-1).tolist(), strict=True):
-                best = max(range(len(probs)), key=probs.__getitem__)
-                predictions.append(
-                    Prediction(
-                        text=text,
-                        label=self.label_names[best],
-                        probability=probs[best],
-                        probabilities=dict(zip(self.label_names, probs, strict=True)),
-                    )
-                )
+                probabilities = dict(zip(self.label_names, probs, strict=True))
+                label = max(probabilities, key=probabilities.__getitem__)
+                predictions.append(Prediction(text, label, probabilities[label], probabilities))
         return predictions
