@@ -92,10 +92,8 @@ def label_names_for(train: Sequence[Example]) -> list[str]:
 def check_labels(
     examples: Iterable[Example], names: Sequence[str], label_column: str, source: str
 ) -> None:
-    """A ``DataError`` at the first example whose label is not one of ``names``.
-
-    ``source`` says where ``names`` came from, for the message.
-    """
+    """A ``DataError`` at the first example whose label is not one of ``names`` (which came from
+    ``source``, as the message says)."""
     known = set(names)
     for ex in examples:
         if ex.label not in known:

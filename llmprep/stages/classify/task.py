@@ -77,13 +77,12 @@ def set_trainable(model: GPT, trainable: str, n_blocks: int = 1) -> None:
     model.out_head.requires_grad_(True)
     if trainable == "head":
         return
-    if trainable == "last_n_blocks":
-        if not 1 <= n_blocks <= len(model.blocks):
-            raise ValueError(
-                f"stage.n_blocks={n_blocks}: expected 1 to the model's {len(model.blocks)} blocks"
-            )
-    else:
+    if trainable == "last_block":
         n_blocks = 1
+    elif not 1 <= n_blocks <= len(model.blocks):
+        raise ValueError(
+            f"stage.n_blocks={n_blocks}: expected 1 to the model's {len(model.blocks)} blocks"
+        )
     for block in model.blocks[-n_blocks:]:
         block.requires_grad_(True)
     model.final_norm.requires_grad_(True)

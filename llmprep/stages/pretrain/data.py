@@ -148,7 +148,5 @@ class PretrainDataModule(ResumableDataModule):
 def _encode_documents(documents: Sequence[str]) -> np.ndarray:
     """Token ids of ``documents`` joined by one end-of-text id each, their text as plain text."""
     tok = get_tokenizer()
-    ids: list[int] = []
-    for index, tokens in enumerate(tok.encode_ordinary_batch(documents)):
-        ids.extend(([tok.eot_id] if index else []) + tokens)
-    return np.asarray(ids, dtype=np.int64)
+    ids = [t for tokens in tok.encode_ordinary_batch(documents) for t in (tok.eot_id, *tokens)]
+    return np.asarray(ids[1:], dtype=np.int64)
