@@ -9,10 +9,8 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from llmprep.errors import report_user_errors
-    from llmprep.logs import route_library_logs
     from llmprep.run import run_evaluation
 
-    route_library_logs()
     report_user_errors(lambda: run_evaluation(cfg), logging.getLogger("llmprep"))
 
 

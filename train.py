@@ -9,10 +9,8 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from llmprep.errors import report_user_errors
-    from llmprep.logs import route_library_logs
     from llmprep.run import train
 
-    route_library_logs()
     return report_user_errors(lambda: train(cfg), logging.getLogger("llmprep"))
 
 

@@ -1,10 +1,9 @@
 """The one way llmprep reads a Lightning checkpoint, local or remote: ``torch.load`` with
-``weights_only=True`` (tensors and plain values; never pickled code), with errors that name the
-setting the path came from.
+``weights_only=True`` (never pickled code), with errors that name the setting the path came from.
 
 A ``http(s)://`` checkpoint is first downloaded into the cache (``$LLMPREP_CACHE/checkpoints``,
-by a hash of its URL, written atomically) and then read like a local file, so Lightning's own
-remote loading, which unpickles downloads, is never used. ``HF_HUB_OFFLINE=1`` refuses URLs.
+by a hash of its URL, atomically), never through Lightning's remote loading, which unpickles
+downloads. ``HF_HUB_OFFLINE=1`` refuses URLs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The errors llmprep raises for input a user can fix, and how the commands report them.
+"""The errors llmprep raises for input a user can fix, and how the commands report them and log.
 
 Every such error is a :class:`UserError` (data, source, config, checkpoint, judge) whose message
 names the file, key or value to fix. ``train.py``, ``evaluate.py`` and ``llmprep-export`` print
@@ -6,6 +6,11 @@ it as one line, write the same line to the run's log and exit with status 1; wit
 ``HYDRA_FULL_ERROR=1`` the whole traceback is shown instead. A ``ValueError`` raised by
 llmprep's own code (not by a library it calls) is input validation too and is reported the same
 way. Anything else is a bug and keeps its traceback.
+
+Every log line of ``train.py`` and ``evaluate.py`` goes once through Hydra's handlers (console
+and the run's log file): the console handlers that :data:`LIBRARY_LOGGERS` add when imported
+before logging is configured, which print each line a second time (outside the log file, or to
+a stream gone by the next run in the same process), are removed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from typing import TypeVar
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+LIBRARY_LOGGERS = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "torchmetrics",
+    "huggingface_hub",
+)
 
 T = TypeVar("T")
 
@@ -52,8 +64,14 @@ def one_line(err: BaseException) -> str:
 
 
 def report_user_errors(command: Callable[[], T], log: logging.Logger) -> T:
-    """Run ``command``; a user error is logged as one line (console and the run's log file)
-    and ends the process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback."""
+    """Run ``command`` with the library log lines routed to Hydra's handlers (see the module
+    docstring); a user error is logged as one line (console and the run's log file) and ends the
+    process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
     try:
         return command()
     except Exception as err:

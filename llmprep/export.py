@@ -2,10 +2,9 @@
 checkpoints as a standalone model folder, LoRA adapters merged into their base.
 
 A language model (pretrain, instruct) becomes a Hugging Face GPT-2 folder that
-``transformers.GPT2LMHeadModel.from_pretrained`` loads. A classifier (its head is not the
-vocabulary projection) has no GPT-2 equivalent in ``transformers``, so it is written in our own
-layout: ``model.safetensors`` with our GPT's tensor names and a ``config.json`` holding its
-``GPTConfig``, class count and label names.
+``transformers.GPT2LMHeadModel.from_pretrained`` loads. A classifier, which has no GPT-2
+equivalent in ``transformers``, is written in our own layout: ``model.safetensors`` with our
+GPT's tensor names and a ``config.json`` holding its ``GPTConfig``, class count and label names.
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ CLASSIFIER_FORMAT = "llmprep-classifier"
 def export_classifier(
     model: GPT, out_dir: str | Path, label_names: Sequence[str] | None = None, **extra: Any
 ) -> Path:
-    """Write a GPT with a classifier head to ``out_dir`` in our layout; returns ``out_dir``.
-
-    ``extra`` plain values (e.g. the pooling the stage read logits with) go into
-    ``config.json``. Each file is written under a temporary name and renamed.
-    """
+    """Write a GPT with a classifier head to ``out_dir`` in our layout (each file atomically);
+    returns ``out_dir``. ``extra`` plain values (e.g. the pooling) go into ``config.json``."""
     head = model.out_head
     if not has_classifier_head(model) or not isinstance(head, torch.nn.Linear):
         raise ValueError(f"export_classifier writes a classifier, but out_head is {head}")

@@ -4,10 +4,9 @@ A reader (or a crash) never sees half a file: the target holds either its old co
 new one. ``os.replace`` is atomic within one folder, which is why the temporary file lives in
 the target's own folder rather than in ``/tmp``.
 
-A writer that is killed (SIGKILL, out of memory, a lost node) never reaches its clean-up and
-leaves its temporary file behind, which can be as large as a token store. The next write of the
-same target removes it (``sweep_stale_temps``): temporary names carry their writer's host and
-pid, so a file whose writer is gone can be told from one a live writer is still filling.
+A writer that is killed (SIGKILL, out of memory, a lost node) leaves its temporary file behind,
+which can be as large as a token store. The next write of the same target removes it
+(``sweep_stale_temps``): temporary names carry their writer's host and pid.
 """
 
 from __future__ import annotations
@@ -31,23 +30,17 @@ HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 
 def temp_path(path: Path, pid: int, host: str = HOST) -> Path:
     """A fresh temporary name beside ``path`` for writer ``pid`` on ``host``:
-    ``.<name>.<host>.<pid>.<random>.tmp<suffix>``.
-
-    Unique, so concurrent writers of one target never share a temporary file (the last rename
-    wins, and each result is whole); ending in the target's suffix, for writers that pick a
-    format from the file name (matplotlib).
-    """
+    ``.<name>.<host>.<pid>.<random>.tmp<suffix>``, unique so concurrent writers never share one,
+    ending in the target's suffix for writers that pick a format from the name (matplotlib)."""
     return path.with_name(f".{path.name}.{host}.{pid}.{secrets.token_hex(6)}.tmp{path.suffix}")
 
 
 def sweep_stale_temps(path: str | Path) -> list[Path]:
     """Remove the temporary files of ``path`` whose writer died, and return them.
 
-    A file is removed only when its name says it was written on this host by a pid that no
-    longer exists. Kept: a live writer's file (a concurrent build, this process's own), any
-    other host's (its pids mean nothing here, e.g. on a shared network cache), and names not
-    made by ``temp_path``. A dead writer's pid reused by another process only delays the sweep.
-    Off POSIX, where a pid cannot be probed without side effects, nothing is removed.
+    Removed only when its name says it was written on this host by a pid that no longer exists:
+    kept are a live writer's file, any other host's (e.g. on a shared network cache) and names
+    not made by ``temp_path``. Off POSIX, where a pid cannot be probed, nothing is removed.
     """
     path = Path(path)
     if os.name != "posix":
@@ -73,7 +66,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process
     return True
 
 
@@ -83,11 +76,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path`` when the block succeeds, removed whatever happens otherwise. The target's folder is
     created, and temporary files of killed earlier writers of ``path`` are swept first.
 
-    Decision: the file is created with ``O_CREAT | O_EXCL`` and mode ``0o666`` like ``open``
-    would, so the result gets the user's umask permissions; ``tempfile.mkstemp`` would make
-    every exported model and report private (``0o600``). That mode is also put back before the
-    rename, because a writer may replace the temporary file with one of its own: safetensors'
-    ``save_file`` writes a ``0o600`` temporary file of its own and renames it onto the name.
+    Decision: the file is created with mode ``0o666`` like ``open`` would, so the result gets the
+    user's umask permissions (``tempfile.mkstemp`` would make every exported model private). The
+    mode is put back before the rename, as a writer may replace the temporary file with its own
+    (safetensors' ``save_file`` writes a ``0o600`` one and renames it onto the name).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,8 @@ def pin_worker_command() -> None:
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, logger: Logger | None) -> L.Trainer:
-    """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group.
-
-    Without a logger (``logger=none``) the learning-rate monitor is left out: it has nowhere to
-    log and Lightning refuses it.
-    """
+    """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group; without a
+    logger (``logger=none``) no learning-rate monitor, which Lightning would refuse."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if logger is None:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -75,26 +72,29 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
             f"ckpt_path={ckpt_path!r} was trained by stage {trained!r}: resume it with "
             f"stage={trained}, not stage={cfg.stage.name}"
         )
-    stored = ckpt["hyper_parameters"].get("model_config", {})
-    built = task.hparams["model_config"]
-    if any(stored.get(k) != built.get(k) for k in ARCH_KEYS):
-
-        def shape(values: dict) -> str:
-            return ", ".join(f"{k}={values.get(k)}" for k in ARCH_KEYS)
-
+    stored, built = (
+        ", ".join(f"{k}={values.get(k)}" for k in ARCH_KEYS)
+        for values in (
+            ckpt["hyper_parameters"].get("model_config", {}),
+            task.hparams["model_config"],
+        )
+    )
+    if stored != built:
         name = config.get("model", {}).get("name")
         raise CheckpointError(
-            f"ckpt_path={ckpt_path!r} holds a {name} ({shape(stored)}) but this run builds "
-            f"model={cfg.model.name} ({shape(built)}): resume it with model={name}"
+            f"ckpt_path={ckpt_path!r} holds a {name} ({stored}) but this run builds "
+            f"model={cfg.model.name} ({built}): resume it with model={name}"
         )
     return local_checkpoint(ckpt_path, "ckpt_path")
 
 
-def build_task(cfg: DictConfig, output_dir: Path) -> tuple[GPTTask, L.LightningDataModule]:
+def build_task(
+    cfg: DictConfig, output_dir: Path, config: dict[str, Any]
+) -> tuple[GPTTask, L.LightningDataModule]:
     """The stage's task and its data module, connected: the data module is told the model's
     context length (and the run folder, where it saves its splits), the task what the data
     module says it needs (``task_settings()``, e.g. a classifier's labels), and nothing of the
-    run config but its own keys (:data:`~llmprep.training.task.TASK_KEYS`)."""
+    run config (``config``, plain) but its own keys (:data:`~llmprep.training.task.TASK_KEYS`)."""
     model = build_model(cfg.model, cfg.init_from)
     datamodule = instantiate(
         cfg.data,
@@ -102,7 +102,6 @@ def build_task(cfg: DictConfig, output_dir: Path) -> tuple[GPTTask, L.LightningD
         output_dir=str(output_dir),
         _convert_="all",
     )
-    config = plain_config(cfg)
     task = task_class(cfg.stage.name)(
         {key: config[key] for key in TASK_KEYS},
         asdict(model.config),
@@ -131,35 +130,25 @@ def train(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg.logger, cfg.stage.name, output_dir, job_num, config)
     failed = True
     try:
-        task, datamodule = build_task(cfg, output_dir)
+        task, datamodule = build_task(cfg, output_dir, config)
         trainer = build_trainer(cfg, output_dir, logger)
         resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        callback = trainer.checkpoint_callback
         if cfg.test_after_fit:
-            report_after_fit(cfg, trainer, task, datamodule)
+            # The stage's report (evaluate.py's code) on the best checkpoint, else (e.g.
+            # fast_dev_run) on the final weights.
+            best = Path(callback.best_model_path) if callback and callback.best_model_path else None
+            get_stage(cfg.stage.name).report(trainer, task, datamodule, best, cfg)
         failed = False
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-        return float(best) if best is not None else None
+        score = callback.best_model_score if callback else None
+        return float(score) if score is not None else None
     finally:
         finish_logger(logger, failed)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
-
-
-def report_after_fit(
-    cfg: DictConfig, trainer: L.Trainer, task: GPTTask, datamodule: L.LightningDataModule
-) -> None:
-    """The stage's report on the best checkpoint (the final weights when none was kept, e.g.
-    ``fast_dev_run``): the same function ``evaluate.py`` calls, so both print the same table."""
-    callback = trainer.checkpoint_callback
-    best = (
-        Path(callback.best_model_path)
-        if callback is not None and callback.best_model_path
-        else None
-    )
-    get_stage(cfg.stage.name).report(trainer, task, datamodule, best, cfg)
 
 
 def run_evaluation(cfg: DictConfig) -> Any:

@@ -64,11 +64,8 @@ def load_encoding(name: str) -> tiktoken.Encoding:
 
 
 class Tokenizer:
-    """Encodes text to GPT-2 token ids and back.
-
-    ``<|endoftext|>`` written inside a text is refused unless ``allow_special=True``: a corpus that
-    happens to contain the marker must not silently gain document boundaries.
-    """
+    """Encodes text to GPT-2 token ids and back. ``<|endoftext|>`` written inside a text is
+    refused unless ``allow_special=True``: a corpus must not silently gain document boundaries."""
 
     def __init__(self, name: str = "gpt2") -> None:
         self.name = name

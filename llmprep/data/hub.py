@@ -30,14 +30,12 @@ def load_hub(dataset: str, config: str | None, split: str, instead: str) -> Any:
     try:
         return load_dataset(dataset, config, split=split)
     except Exception as err:
-        raise DataError(
-            f"{HUB_PREFIX}{dataset}",
-            None,
-            None,
+        message = (
             f"cannot load {dataset!r} (config {config!r}, split {split!r}) from the Hugging Face "
             f"hub ({type(err).__name__}: {err}). Without a network, save its records to a file "
-            f"and pass {instead}",
-        ) from err
+            f"and pass {instead}"
+        )
+        raise DataError(f"{HUB_PREFIX}{dataset}", None, None, message) from err
 
 
 def hub_text_file(dataset: str, config: str | None, split: str, text_field: str) -> Path:
@@ -54,12 +52,8 @@ def hub_text_file(dataset: str, config: str | None, split: str, text_field: str)
         return target
     records = load_hub(dataset, config, split, "data=text_files data.paths=[/path/to/that/file]")
     if text_field not in records.column_names:
-        raise DataError(
-            f"{HUB_PREFIX}{dataset}",
-            None,
-            text_field,
-            f"data.hf_text_field={text_field!r} is not a column: {records.column_names}",
-        )
+        message = f"data.hf_text_field={text_field!r} is not a column: {records.column_names}"
+        raise DataError(f"{HUB_PREFIX}{dataset}", None, text_field, message)
     with atomic_path(target) as temp, open(temp, "w", encoding="utf-8") as out:
         for text in records[text_field]:
             out.write(json.dumps({"text": "" if text is None else text}) + "\n")

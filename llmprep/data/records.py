@@ -7,12 +7,10 @@ fields, checks their values and reports every problem as one ``DataError`` namin
 line where the record starts (in the formats with lines) and the field. The splits are
 ``train``, ``val`` and ``test`` everywhere (``SPLITS``).
 
-Decision: the text formats (CSV, TSV, JSON, JSON lines) are read with the standard library, in
-one pass that knows each record's line; ``datasets`` reads hub datasets and ``pyarrow`` (its
-table library) Parquet files. ``datasets`` names no line in its errors (pandas counts rows,
-pyarrow the rows of one read block, ujson a byte offset), caches every local file it loads, and
-takes a ``.json`` file holding JSON lines, one object or a list of strings for records. Hub
-datasets use the hub's own cache (see ``llmprep.data.hub``).
+Decision: the text formats are read with the standard library, in one pass that knows each
+record's line; ``datasets`` reads hub datasets and ``pyarrow`` Parquet files. ``datasets`` names
+no line in its errors, caches every local file it loads, and takes a ``.json`` file holding JSON
+lines, one object or a list of strings for records.
 """
 
 from __future__ import annotations
@@ -57,9 +55,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Place:
-    """Where one record was read: record ``index`` (0-based) of a file in ``format`` or of a hub
-    dataset (``format`` ``None``), starting at ``line`` (``None`` where the format has no record
-    lines); it turns a problem with that record into a ``DataError``."""
+    """Where one record was read: record ``index`` (0-based) of a file in ``format`` (``None``
+    for a hub dataset), starting at ``line`` (``None`` where the format has no record lines)."""
 
     path: str | Path
     format: str | None
@@ -67,8 +64,7 @@ class Place:
     index: int
 
     def error(self, field: str | None, message: str) -> DataError:
-        """A ``DataError`` at ``field`` of this record: a CSV or TSV row is named by its line, a
-        record of the other formats by its index too, since a JSON list or a table has no lines."""
+        """A ``DataError`` at ``field`` of this record, named by its index too outside CSV/TSV."""
         if self.format not in ("csv", "tsv"):
             message = f"record {self.index}: {message}"
         return DataError(self.path, self.line, field, message)
@@ -91,11 +87,10 @@ def file_format(path: Path, format: str | None = None) -> str:
 def _source_path(spec: str) -> str | Path:
     """What a data module's ``path`` names: a hub id (``hf:...``) as given, a folder of split
     files, or the checked local file of a source name or path (fetched by ``resolve``)."""
-    folder = Path(spec).expanduser()
     if spec.startswith(HUB_PREFIX):
         return spec
-    if spec not in SOURCES and folder.is_dir():
-        return folder.resolve()
+    if spec not in SOURCES and Path(spec).expanduser().is_dir():
+        return Path(spec).expanduser().resolve()
     return resolve(spec)
 
 
@@ -114,21 +109,16 @@ def _hub(spec: str) -> Any:
 
 
 def split_files(folder: Path) -> dict[str, Path]:
-    """The train, val and test files of a split folder: exactly one file for each split, named
-    after it (``SPLIT_STEMS``) with a suffix of ``SUFFIX_FORMATS``."""
+    """The train, val and test files of a split folder: exactly one per split (``SPLIT_STEMS``
+    and ``SUFFIX_FORMATS``)."""
     found = {}
     for split, stems in SPLIT_STEMS.items():
         names = [f"{stem}{suffix}" for stem in stems for suffix in SUFFIX_FORMATS]
         matches = [folder / name for name in names if (folder / name).is_file()]
         if len(matches) != 1:
             listed = ", ".join(p.name for p in matches) or "none"
-            raise DataError(
-                folder,
-                None,
-                None,
-                f"a split folder needs exactly one {'/'.join(stems)} file "
-                f"({', '.join(SUFFIX_FORMATS)}), found {listed}",
-            )
+            need = f"exactly one {'/'.join(stems)} file ({', '.join(SUFFIX_FORMATS)})"
+            raise DataError(folder, None, None, f"a split folder needs {need}, found {listed}")
         found[split] = matches[0]
     return found
 
@@ -165,11 +155,9 @@ def read_records(
 
     ``fields`` maps each name to the key (the column) that holds it, or to ``None`` for a name
     left empty. Values must be strings; an integer (a label such as 0 or 1) is taken in its JSON
-    spelling. The names in ``nonblank`` must hold more than white space. CSV is read with
-    standard quoting and TSV with quoting off, since TSV has no quoting and a text may start with
-    a quote (the SMS collection's do); both start with a header row unless ``columns`` names
-    their columns, and a short row's missing fields are empty. Blank lines are skipped; other
-    keys are dropped.
+    spelling. The names in ``nonblank`` must hold more than white space. TSV is read with quoting
+    off, since a text may start with a quote (the SMS collection's do); CSV and TSV start with a
+    header row unless ``columns`` names their columns. Other keys are dropped.
     """
     keys = [key for key in fields.values() if key is not None]
     fmt = None if str(source).startswith(HUB_PREFIX) else file_format(Path(source), format)
@@ -228,10 +216,9 @@ def _parquet(path: Path) -> Any:
 def _text_records(
     path: Path, fmt: str, columns: Sequence[str] | None = None, required: Sequence[str] = ()
 ) -> Iterator[tuple[Place, dict[str, Any]]]:
-    """``(place, record)`` for each record of a CSV, TSV, JSON or JSON-lines file; the first
-    malformed record (or a header without a ``required`` column) raises its ``DataError``. A JSON
-    list has no record lines: its lines are ``None``, and bytes that are not UTF-8 are placed by
-    their own.
+    """``(place, record)`` for each record of a text file; the first malformed record (or a
+    header without a ``required`` column) raises its ``DataError``. A JSON list has no record
+    lines, so bytes that are not UTF-8 are placed by their own line.
     """
     try:
         raw = path.read_bytes()
@@ -246,10 +233,8 @@ def _text_records(
     text = raw.decode("utf-8-sig", errors="surrogateescape")
     if not text.strip():
         raise DataError(path, None, None, "the file is empty")
-    if fmt == "json":
-        items: Iterator[tuple[int | None, Any]] = iter(_json_items(path, text))
-    elif fmt == "jsonl":
-        items = _jsonl_items(path, text)
+    if fmt in ("json", "jsonl"):
+        items = _json_items(path, text, lines=fmt == "jsonl")
     else:
         items = _delimited_items(path, text, fmt, columns, required)
     for index, (line, item) in enumerate(items):
@@ -262,37 +247,28 @@ def _text_records(
         yield place, item
 
 
-def _json_items(path: Path, text: str) -> list[tuple[None, Any]]:
-    """The elements of a file holding one JSON list."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        hint = " (JSON lines? name the file .jsonl or pass data.format=jsonl)"
-        raise DataError(
-            path,
-            err.lineno,
-            None,
-            f"invalid JSON at column {err.colno}: {err.msg}"
-            + (hint if err.msg == "Extra data" else ""),
-        ) from err
-    if not isinstance(data, list):
-        kind = type(data).__name__
-        raise DataError(path, None, None, f"expected a JSON list of records, got {kind}")
-    return [(None, item) for item in data]
-
-
-def _jsonl_items(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """``(line, value)`` for each non-blank line of a JSON-lines text (split at ``\\n`` only, so
-    U+2028 and the other Unicode line breaks stay inside their strings)."""
-    for line, raw in enumerate(text.split("\n"), start=1):
+def _json_items(path: Path, text: str, lines: bool) -> Iterator[tuple[int | None, Any]]:
+    """The elements of a file holding one JSON list (lines ``None``), or ``(line, value)`` for
+    each non-blank line of JSON lines (split at ``\\n`` only, so U+2028 and the other Unicode
+    line breaks stay inside their strings)."""
+    pieces = enumerate(text.split("\n"), start=1) if lines else [(None, text)]
+    for line, raw in pieces:
         if not raw.strip():
             continue
         try:
-            item = json.loads(raw)
+            data = json.loads(raw)
         except json.JSONDecodeError as err:
-            message = f"invalid JSON at column {err.colno}: {err.msg}"
-            raise DataError(path, line, None, message) from err
-        yield line, item
+            extra = not lines and err.msg == "Extra data"
+            hint = " (JSON lines? name the file .jsonl or pass data.format=jsonl)" if extra else ""
+            message = f"invalid JSON at column {err.colno}: {err.msg}{hint}"
+            raise DataError(path, line or err.lineno, None, message) from err
+        if lines:
+            yield line, data
+        elif isinstance(data, list):
+            yield from ((None, item) for item in data)
+        else:
+            kind = type(data).__name__
+            raise DataError(path, None, None, f"expected a JSON list of records, got {kind}")
 
 
 def _delimited_items(
@@ -323,13 +299,9 @@ def _delimited_items(
             if header is None:
                 header = header_of(row, line)
             elif len(row) > len(header):
-                raise DataError(
-                    path,
-                    line,
-                    None,
-                    f"the row has {len(row)} fields but the columns are {header} "
-                    "(an unquoted delimiter inside a text?)",
-                )
+                message = f"the row has {len(row)} fields but the columns are {header}"
+                hint = " (an unquoted delimiter inside a text?)"
+                raise DataError(path, line, None, message + hint)
             else:
                 yield line, dict(zip_longest(header, row, fillvalue=""))
     except csv.Error as err:
@@ -358,10 +330,8 @@ def split_records(
     ``random.Random(seed)`` unless ``seed`` is ``None`` (file order).
 
     The two splits in ``fractions`` are cut first, in its order, ``int(n * fraction)`` items
-    each; the third takes the rest. The book's chapter 6 ``{"train": 0.7, "val": 0.1}`` with
-    seed 123 cuts 1,494 messages into 1,045 / 149 / 300; its chapter 7
-    ``{"train": 0.85, "test": 0.10}`` cuts 1,100 records in file order into 935 train, 110 test
-    and 55 val records. A split left empty is a ``DataError`` naming ``source``.
+    each; the third takes the rest (the book's chapter 7 ``{"train": 0.85, "test": 0.10}`` cuts
+    1,100 records into 935 / 110 / 55). A split left empty is a ``DataError`` naming ``source``.
     """
     items = list(items)
     if seed is not None:
@@ -373,24 +343,17 @@ def split_records(
     parts.update({name: items[start:] for name in SPLITS if name not in fractions})
     for name in SPLITS:
         if not parts[name]:
-            raise DataError(
-                source,
-                None,
-                None,
-                f"{len(items)} records leave the {name} split empty (fractions {dict(fractions)})",
-            )
+            message = f"{len(items)} records leave the {name} split empty"
+            raise DataError(source, None, None, f"{message} (fractions {dict(fractions)})")
     return {name: parts[name] for name in SPLITS}
 
 
 def write_splits(
     splits: Mapping[str, Sequence[Mapping[str, Any]]], folder: str | Path, suffix: str
 ) -> None:
-    """Each split's rows as ``<split><suffix>`` in ``folder``: ``.csv`` with the rows' keys as
-    header, or ``.json`` as an indented list, so the folder reads back as split input.
-
-    The files are written to temporary names first and all renamed at the end, so a crash never
-    leaves a half-written set.
-    """
+    """Each split's rows as ``<split><suffix>`` (``.csv`` or ``.json``) in ``folder``, so the
+    folder reads back as split input; all are renamed into place at the end, so a crash never
+    leaves a half-written set."""
     with ExitStack() as staged:
         for name, rows in splits.items():
             temp = staged.enter_context(atomic_path(Path(folder) / f"{name}{suffix}"))

@@ -1,20 +1,17 @@
 """Training data that resumes mid-epoch: an order drawn from ``seed + epoch``, a loader that
 knows its position in it, and a data module that saves that position in checkpoints.
 
-How Lightning 2.6 resumes a training epoch: the fit loop stores ``state_dict()`` of each training
-loader that has ``state_dict`` and ``load_state_dict`` (its ``_Stateful`` protocol) in the
-checkpoint (``loops.fit_loop.state_dict.combined_loader``) and restores its own batch counters,
-but never skips batches itself: a plain ``DataLoader`` would start the epoch over, in a new
-order. It calls ``set_epoch`` on the loader's sampler at every epoch start, and under DDP leaves
-a ``DistributedSampler`` in place and replaces any other sampler.
+How Lightning 2.6 resumes a training epoch: the fit loop saves ``state_dict()`` of each training
+loader that is ``_Stateful`` (has ``state_dict`` and ``load_state_dict``) and restores its own
+batch counters, but never skips batches itself: a plain ``DataLoader`` would start the epoch
+over, in a new order. It calls ``set_epoch`` on the sampler at every epoch start, and under DDP
+keeps a ``DistributedSampler`` and replaces any other sampler.
 
-It hands the saved state back (``load_state_dict``) only if the loader is built after the loops
-are restored, and ``configure_optimizers`` asking for ``trainer.estimated_stepping_batches`` (as
-ours does, for the lr schedule) builds it before (Lightning issue #20550): the state would be
-dropped. So ``ResumableDataModule`` saves the loader's position in the data module's own
+It hands the saved state back only to a loader built after the loops are restored, and our
+``configure_optimizers`` asks for ``trainer.estimated_stepping_batches``, which builds it before
+(Lightning issue #20550). So ``ResumableDataModule`` keeps the loader's position in its own
 checkpoint entry, which Lightning restores before it builds any loader, and gives it to the
-loader it builds. The loader stays ``_Stateful`` too, so Lightning knows it can resume mid-epoch
-(and would restore it the same way where its own path works).
+loader it builds; the loader stays ``_Stateful`` too, so Lightning knows it can resume mid-epoch.
 """
 
 from __future__ import annotations
@@ -31,19 +28,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 class EpochSampler(DistributedSampler):
     """This process's share of a dataset's indices, in an order drawn from ``seed + epoch``.
 
-    The order is ``torch.randperm`` seeded with ``seed + epoch``: the same in every process and
-    in every run, whatever came before, so a resumed run draws the epoch it stopped in again.
-    With ``lengths`` the order is length-bucketed instead: the shuffled indices are cut into
-    pools of ``pool_batches`` batches of ``batch_size``, each pool sorted by length and sliced
-    into batches, and the full batches shuffled; a partial batch (at most one) comes last, so a
-    loader batching ``batch_size`` consecutive indices gets exactly these batches and
-    ``drop_last`` drops only the partial one.
+    The order is ``torch.randperm`` seeded with ``seed + epoch``, the same in every process and
+    run, so a resumed run draws the epoch it stopped in again. With ``lengths`` it is
+    length-bucketed: pools of ``pool_batches`` batches of ``batch_size`` are sorted by length
+    and sliced into batches, the full batches shuffled and the partial one (at most one) put
+    last, so ``drop_last`` drops only that one.
 
-    With several processes (``num_replicas`` and ``rank`` default to the initialised process
-    group's, else one process) the order is padded by repeating it to a multiple of the process
-    count and process ``rank`` takes every ``num_replicas``-th index, as ``DistributedSampler``
-    does. ``start`` skips that many of this process's indices in the next pass only (set by
-    ``ResumableLoader``).
+    ``num_replicas`` and ``rank`` default to the initialised process group's, else one process;
+    the order is padded and dealt out as ``DistributedSampler`` does. ``start`` skips that many
+    of this process's indices in the next pass only (set by ``ResumableLoader``).
     """
 
     def __init__(
@@ -99,17 +92,14 @@ class EpochSampler(DistributedSampler):
 class ResumableLoader(torch.utils.data.DataLoader):
     """Training batches of an ``EpochSampler`` that Lightning saves and restores mid-epoch.
 
-    ``state_dict()`` is ``{"epoch", "batches"}``: the sampler's epoch and how many batches this
-    pass has handed out. After ``load_state_dict`` the next pass of that same epoch starts at the
-    saved batch; a pass of any other epoch (Lightning moves on when the saved epoch was over)
-    starts at its beginning. The state applies when the pass starts, that is at its first batch,
-    so it holds whatever ``set_epoch`` Lightning calls in between. Batches before the saved one
-    are full (only the last batch can be partial), so the position is ``batches * batch_size``
-    of the sampler's indices.
+    ``state_dict()`` is ``{"epoch", "batches"}``: the sampler's epoch and the batches this pass
+    has handed out. After ``load_state_dict`` the next pass of that epoch starts at the saved
+    batch (at ``batches * batch_size`` indices, since only the last batch can be partial), a
+    pass of any other epoch at its beginning; it applies at the pass's first batch, whatever
+    ``set_epoch`` Lightning calls in between.
 
-    The loader's own generator is seeded with ``seed + epoch`` at each pass: workers get seeds
-    of their epoch, and making an iterator draws nothing from the global torch generator that
-    dropout uses. Workers are kept between epochs when there are any.
+    The loader's generator is seeded with ``seed + epoch`` at each pass, so workers get seeds of
+    their epoch and nothing is drawn from the global generator that dropout uses.
     """
 
     sampler: EpochSampler
@@ -159,17 +149,13 @@ class ResumableLoader(torch.utils.data.DataLoader):
 class ResumableDataModule(L.LightningDataModule):
     """A data module whose training loader continues, after a resume, where the saved run was.
 
-    Subclasses hand the training loader they build to :meth:`resume_loader`. The data module's
-    checkpoint entry holds that loader's position (``{"train_loader": {"epoch", "batches"}}``);
-    loaded back, it goes to the next loader built.
-
-    Subclasses may build their loaders with :meth:`train_loader` and :meth:`eval_loader`, from
-    ``batch_size``, ``num_workers`` and ``seed``.
+    Subclasses hand the training loader they build to :meth:`resume_loader` (or build it with
+    :meth:`train_loader`); the checkpoint entry holds its position
+    (``{"train_loader": {"epoch", "batches"}}``), which goes to the next loader built.
 
     It is also the seam between a stage's data and its task: ``output_dir`` is the run folder
-    (where a data module that draws its own splits saves them; ``None`` outside a training run),
-    ``test_splits`` names the loaders ``test_dataloader`` returns, and :meth:`task_settings` is
-    what the task must know of the data.
+    (where drawn splits are saved; ``None`` outside a training run), ``test_splits`` names the
+    loaders ``test_dataloader`` returns, and :meth:`task_settings` is what the task must know.
     """
 
     test_splits: tuple[str, ...] = ("test",)

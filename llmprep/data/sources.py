@@ -3,9 +3,8 @@
 A registered name resolves, in this order, to
 
 1. the cache, ``cache_dir()/sources/<filename>``, when its sha256 still matches;
-2. the first ``LLMPREP_MIRROR`` folder (colon-separated) holding ``<filename>``; the file is
-   checked and used in place, not copied: mirrors are typically shared, read-only folders of
-   already-verified files, and a copy would only double the disk use of every user of the mirror;
+2. the first ``LLMPREP_MIRROR`` folder (colon-separated) holding ``<filename>``, checked and
+   used in place (mirrors are typically shared, read-only folders; a copy would double the disk);
 3. a download into the cache, checked before it becomes visible there.
 
 Any other string is a local path. Every failure raises one :class:`SourceError` whose message
@@ -40,11 +39,9 @@ class SourceError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """A data file known by name: where it comes from and the sha256 it must have.
-
-    For a zip download, ``member`` names the file inside the archive; ``filename`` and ``sha256``
-    then describe that extracted member, which is what the cache and the mirrors hold.
-    """
+    """A data file known by name: where it comes from and the sha256 it must have. For a zip
+    download, ``member`` names the file inside the archive that ``filename`` and ``sha256`` (and
+    the cache and the mirrors) hold."""
 
     name: str
     url: str
@@ -88,10 +85,8 @@ SOURCES: dict[str, Source] = {
 
 
 def cache_dir() -> Path:
-    """The llmprep cache folder, ``$LLMPREP_CACHE`` or ``~/.cache/llmprep``, created if needed.
-
-    The variable is read on every call, so a process (or a test) can redirect the cache at will.
-    """
+    """The llmprep cache folder, ``$LLMPREP_CACHE`` (read on every call) or
+    ``~/.cache/llmprep``, created if needed."""
     folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmprep")
     folder = folder.expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,17 +100,29 @@ def resolve(name_or_path: str) -> Path:
     in the working folder (write ``./the-verdict`` to mean the file). Paths come back absolute.
     """
     source = SOURCES.get(name_or_path)
-    if source is None:
-        return _local_file(name_or_path)
-    return _cached(source) or _mirrored(source) or _download(source)
+    if source is not None:
+        return _cached(source) or _mirrored(source) or _download(source)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.is_dir():
+        problem = (
+            f"{path.absolute()} is a folder (name its files with a glob: '{name_or_path}/*.txt')"
+        )
+    else:
+        problem = f"{path.absolute()} does not exist"
+    raise SourceError(
+        f"{name_or_path!r} is neither a registered data source nor an existing file: {problem}; "
+        f"registered sources: {', '.join(SOURCES)}"
+    )
 
 
 def resolve_many(specs: str | Sequence[str]) -> list[Path]:
     """The files named by source names, paths or glob patterns, in the order given.
 
-    A glob expands to its matching files in sorted order (``**`` recurses); one matching no file
-    is an error naming the pattern. A file named twice is kept once, at its first position, so
-    overlapping patterns never duplicate a document in a corpus.
+    A glob expands to its matching files, sorted (``**`` recurses); one matching no file is an
+    error. A file named twice is kept once, at its first position, so overlapping patterns
+    never duplicate a document in a corpus.
     """
     paths: list[Path] = []
     for spec in [specs] if isinstance(specs, str) else specs:
@@ -128,20 +135,6 @@ def resolve_many(specs: str | Sequence[str]) -> list[Path]:
         else:
             paths.append(resolve(spec))
     return list(dict.fromkeys(paths))
-
-
-def _local_file(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if path.is_dir():
-        problem = f"{path.absolute()} is a folder (name its files with a glob: '{spec}/*.txt')"
-    else:
-        problem = f"{path.absolute()} does not exist"
-    raise SourceError(
-        f"{spec!r} is neither a registered data source nor an existing file: {problem}; "
-        f"registered sources: {', '.join(SOURCES)}"
-    )
 
 
 def _error(source: Source, problem: str) -> SourceError:
@@ -169,33 +162,25 @@ def _cached(source: Source) -> Path | None:
 
 
 def _mirrored(source: Source) -> Path | None:
-    for folder in os.environ.get(MIRROR_ENV, "").split(os.pathsep):
-        if not folder:
-            continue
-        path = Path(folder).expanduser() / source.filename
-        if not path.is_file():
-            continue
-        actual = file_sha256(path)
-        if actual != source.sha256:
-            raise _error(source, f"the mirror file {path} has sha256 {actual}")
-        return path.resolve()
+    """The file in the first mirror folder holding it, which must match its sha256."""
+    folders = [Path(f).expanduser() for f in os.environ.get(MIRROR_ENV, "").split(os.pathsep) if f]
+    for path in [folder / source.filename for folder in folders]:
+        if path.is_file():
+            actual = file_sha256(path)
+            if actual != source.sha256:
+                raise _error(source, f"the mirror file {path} has sha256 {actual}")
+            return path.resolve()
     return None
-
-
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _download(source: Source) -> Path:
     """Download into the cache: a temporary file next to the target, checked, then renamed.
 
-    The registered sources are the book's small files (the largest about 1 MB), so a download,
-    and the zip a member is taken from, is held in memory. ``HF_HUB_OFFLINE`` is honoured as the
-    project-wide offline switch: with it set, nothing is fetched and the error says where the
-    file was looked for.
+    The sources are the book's small files (about 1 MB at most), so a download is held in
+    memory. ``HF_HUB_OFFLINE``, the project-wide offline switch, forbids it.
     """
     missing = f"not in the cache nor in {MIRROR_ENV} ({os.environ.get(MIRROR_ENV) or 'unset'})"
-    if _offline():
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
         raise _error(source, f"{missing}, and {OFFLINE_ENV} forbids a download")
     target = cache_dir() / "sources" / source.filename
     try:

@@ -4,9 +4,9 @@ Layout: ``cache_dir()/tokens/<key>.bin`` holds the token ids (native uint16, GPT
 fit) and ``<key>.json`` the metadata. The key derives from the absolute source paths and the
 tokenizer name, so each corpus has one store that is rebuilt in place when a source changes.
 
-Files are read in chunks and each batch of chunks is encoded on two threads (tiktoken releases
-the GIL), so a corpus of many GB never sits in memory. A chunk may only end where cutting cannot
-change the tokens. GPT-2 (as tiktoken implements it) first splits text with the regex
+Files are read in chunks, encoded in batches on two threads (tiktoken releases the GIL), so a
+corpus of many GB never sits in memory. A chunk may only end where cutting cannot change the
+tokens. GPT-2 (as tiktoken implements it) first splits text with the regex
 
     '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
 
@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,11 @@ def build_token_store(
     last); blank documents are skipped (``is_blank``); a literal ``<|endoftext|>`` inside a file
     is ordinary text. An existing store is reused while every source keeps its size and mtime,
     or, when only the mtime moved, its sha256; otherwise it is rebuilt. ``chunk_chars`` is the
-    read size in characters.
+    read size in bytes (the tokens do not depend on it).
 
     Writes are atomic: the old metadata is removed first, the ``.bin`` is renamed into place,
-    and the ``.json`` last, so an interrupted build never leaves a store that looks complete.
-    Concurrent builders of the same store each write their own temporary files; the last
-    rename wins and both results are identical. The temporary files of a build that was killed
-    are removed by the next build of the store, never those of a builder still running
-    (``llmprep.files.sweep_stale_temps``).
+    and the ``.json`` last, so an interrupted build never leaves a store that looks complete;
+    concurrent builders each write their own temporary files and the last rename wins.
     """
     if not paths:
         raise ValueError("build_token_store needs at least one source file")
@@ -103,32 +101,48 @@ def build_token_store(
         raise ValueError(
             f"tokenizer {tokenizer_name!r} has {tokenizer.vocab_size} ids, more than {DTYPE} holds"
         )
-    folder = cache_dir() / "tokens"
-    folder.mkdir(parents=True, exist_ok=True)
-    key = _store_key(files, tokenizer_name)
+    folder = cache_dir() / "tokens"  # created by atomic_path when a store is built
+    # The key: a readable prefix (the first file's stem), a digest of the paths and tokenizer.
+    identity = json.dumps([tokenizer_name, [str(f) for f in files]]).encode()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", files[0].stem)[:40]
+    key = f"{stem}-{hashlib.sha256(identity).hexdigest()[:16]}"
     bin_path, json_path = folder / f"{key}.bin", folder / f"{key}.json"
     store = _unchanged_store(bin_path, json_path, files, tokenizer_name)
     if store is not None:
         return store
-    return _build(bin_path, json_path, files, tokenizer_name, chunk_chars)
+    sources = [_fingerprint(f) for f in files]
+    num_tokens = 0
+    with atomic_path(bin_path) as temp, open(temp, "wb") as out:
+        segments = _segments(files, chunk_chars)
+        while batch := list(islice(segments, _CHUNKS_PER_BATCH)):
+            texts = [segment for segment in batch if segment is not None]
+            encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
+            for segment in batch:
+                ids = [tokenizer.eot_id] if segment is None else next(encoded)
+                np.asarray(ids, dtype=DTYPE).tofile(out)
+                num_tokens += len(ids)
+        if num_tokens == 0:
+            raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
+        json_path.unlink(missing_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer_name,
+        "dtype": DTYPE,
+        "num_tokens": num_tokens,
+        "eot_id": tokenizer.eot_id,
+        "sources": sources,
+    }
+    write_json_atomically(json_path, meta)
+    return TokenStore(bin_path, meta)
 
 
 def split_tokens(tokens: np.ndarray, train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``train_fraction`` of the tokens and the rest, as views (no copies).
-
-    A fraction of 1.0 trains on everything and leaves an empty validation part.
-    """
+    """The first ``train_fraction`` of the tokens and the rest, as views (no copies); 1.0
+    leaves an empty validation part."""
     if not 0 < train_fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction!r}")
     cut = int(train_fraction * len(tokens))
     return tokens[:cut], tokens[cut:]
-
-
-def _store_key(files: Sequence[Path], tokenizer_name: str) -> str:
-    """A readable prefix (the first file's stem) and a digest of the paths and the tokenizer."""
-    identity = json.dumps([tokenizer_name, [str(f) for f in files]])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', files[0].stem)[:40]}-{digest}"
 
 
 def _fingerprint(file: Path) -> dict[str, Any]:
@@ -144,11 +158,9 @@ def _fingerprint(file: Path) -> dict[str, Any]:
 def _unchanged_store(
     bin_path: Path, json_path: Path, files: Sequence[Path], tokenizer_name: str
 ) -> TokenStore | None:
-    """The existing store when it is complete and its sources are unchanged, else ``None``.
-
-    Unreadable or foreign metadata counts as absent. When a source's mtime moved but its sha256
-    did not, the recorded mtime is refreshed so the next check is fast again.
-    """
+    """The existing store when it is complete and its sources are unchanged, else ``None``
+    (also for unreadable or foreign metadata). A moved mtime whose sha256 did not change is
+    refreshed, so the next check is fast again."""
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
         recorded = meta["sources"]
@@ -177,84 +189,39 @@ def _unchanged_store(
     return TokenStore(bin_path, meta)
 
 
-def _build(
-    bin_path: Path, json_path: Path, files: Sequence[Path], tokenizer_name: str, chunk_chars: int
-) -> TokenStore:
-    tokenizer = get_tokenizer(tokenizer_name)
-    sources = [_fingerprint(f) for f in files]
-    num_tokens = 0
-    with atomic_path(bin_path) as temp:
-        with open(temp, "wb") as out:
-            for batch in _batches(_segments(files, chunk_chars)):
-                texts = [segment for segment in batch if segment is not None]
-                encoded = iter(tokenizer.encode_ordinary_batch(texts, num_threads=NUM_THREADS))
-                for segment in batch:
-                    ids = [tokenizer.eot_id] if segment is None else next(encoded)
-                    np.asarray(ids, dtype=DTYPE).tofile(out)
-                    num_tokens += len(ids)
-        if num_tokens == 0:
-            raise ValueError(f"the corpus holds no text: {', '.join(map(str, files))}")
-        json_path.unlink(missing_ok=True)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": tokenizer_name,
-        "dtype": DTYPE,
-        "num_tokens": num_tokens,
-        "eot_id": tokenizer.eot_id,
-        "sources": sources,
-    }
-    write_json_atomically(json_path, meta)
-    return TokenStore(bin_path, meta)
-
-
 def is_blank(text: str) -> bool:
     """True for a document that holds nothing but whitespace (Python's ``str.isspace``), or
     nothing at all.
 
-    Decision: such a document is skipped, not stored. Empty rows are common in hub datasets
-    (wikitext's blank lines, missing CSV fields) and empty files slip into globs; storing them
-    would put two ``<|endoftext|>`` in a row (or whitespace alone between two) and teach the
-    model that an empty document is likely. Whitespace inside a real document is kept as is.
+    Decision: such a document is skipped, not stored. Empty rows are common in hub datasets and
+    empty files slip into globs; storing them would teach the model that an empty document (two
+    ``<|endoftext|>`` in a row) is likely. Whitespace inside a real document is kept as is.
     """
     return not text or text.isspace()
 
 
 def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
     """The text chunks of every non-blank document (``is_blank``), with ``None`` marking each
-    boundary between two of them."""
+    boundary between two of them; a document is read ahead only up to its first chunk that is
+    not blank, so it is still streamed."""
     first = True
     for file in files:
         for document in _documents(file, chunk_chars):
-            chunks = _unless_blank(document)
-            if chunks is None:
-                continue
-            if not first:
-                yield None
-            first = False
-            yield from chunks
-
-
-def _unless_blank(chunks: Iterable[str]) -> Iterator[str] | None:
-    """The chunks of a document again, or ``None`` when together they are blank.
-
-    Reads ahead only up to the first chunk with a non-whitespace character, so a document is
-    still streamed.
-    """
-    iterator = iter(chunks)
-    head: list[str] = []
-    for chunk in iterator:
-        head.append(chunk)
-        if not is_blank(chunk):
-            return chain(head, iterator)
-    return None
+            chunks = iter(document)
+            head: list[str] = []
+            for chunk in chunks:
+                head.append(chunk)
+                if not is_blank(chunk):
+                    if not first:
+                        yield None
+                    first = False
+                    yield from head
+                    yield from chunks
 
 
 def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
-    """The documents of one file: the whole text, or each record's ``text`` of a ``.jsonl`` file.
-
-    JSON Lines lets one file hold many documents (a downloaded hub dataset, a scraped corpus)
-    that still get their own end-of-text separators.
-    """
+    """The documents of one file: the whole text, or each record's ``text`` of a ``.jsonl`` file
+    (a downloaded hub dataset, a scraped corpus), each with its own end-of-text separators."""
     if file.suffix != ".jsonl":
         yield _text_chunks(file, chunk_chars)
         return
@@ -276,47 +243,34 @@ def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:
 
 
 def _text_chunks(file: Path, chunk_chars: int) -> Iterator[str]:
-    """The file's text in pieces that each end at a safe cut (see the module docstring)."""
-    carry = ""
-    try:
-        with open(file, encoding="utf-8") as f:
-            while block := f.read(chunk_chars):
-                text = carry + block
-                cut = _last_safe_cut(text, max(len(carry) - 1, 0))
-                if cut:
-                    yield text[:cut]
-                carry = text[cut:]
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"corpus file {file} is not valid UTF-8: {err.reason} at byte "
-            f"{_first_invalid_utf8_byte(file)}"
-        ) from None
-    if carry:
-        yield carry
+    """The file's text in pieces that each end at a safe cut (see the module docstring), decoded
+    as text mode would (``IncrementalNewlineDecoder`` is what ``open`` uses), but counting bytes,
+    so an invalid byte is named by its offset."""
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    decoder = io.IncrementalNewlineDecoder(utf8, translate=True)
+    carry, offset = "", 0
+    with open(file, "rb") as f:
+        while True:
+            block = f.read(chunk_chars)
+            try:
+                text = carry + decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                byte = offset - len(utf8.getstate()[0]) + err.start
+                raise ValueError(
+                    f"corpus file {file} is not valid UTF-8: {err.reason} at byte {byte}"
+                ) from None
+            if not block:
+                break
+            offset += len(block)
+            cut = _last_safe_cut(text, max(len(carry) - 1, 0))
+            if cut:
+                yield text[:cut]
+            carry = text[cut:]
+    if text:
+        yield text
 
 
 def _last_safe_cut(text: str, start: int) -> int:
     """The last index after ``start`` between a non-space and a space character, or 0."""
     match = _SAFE_CUT_REVERSED.search(text[start:][::-1])
     return 0 if match is None else len(text) - 1 - match.start()
-
-
-def _first_invalid_utf8_byte(file: Path) -> int:
-    """Offset of the first byte of ``file`` that breaks UTF-8 (to point the user at it)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with open(file, "rb") as f:
-        while block := f.read(1 << 16):
-            pending = len(decoder.getstate()[0])
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as err:
-                return offset - pending + err.start
-            offset += len(block)
-    return offset - len(decoder.getstate()[0])
-
-
-def _batches(segments: Iterable[str | None]) -> Iterator[list[str | None]]:
-    iterator = iter(segments)
-    while batch := list(islice(iterator, _CHUNKS_PER_BATCH)):
-        yield batch

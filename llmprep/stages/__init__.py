@@ -27,15 +27,11 @@ from llmprep.checkpoints import read_checkpoint, run_config
 from llmprep.errors import CheckpointError, ConfigError
 
 
-def stage_names() -> list[str]:
-    """The stages there are: the sub-packages of this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
-
-
 def get_stage(name: str) -> ModuleType:
-    """The package of the stage called ``name``."""
-    if name not in stage_names():
-        raise ConfigError(f"stage.name={name!r}: expected one of {', '.join(stage_names())}")
+    """The package of the stage called ``name``: a sub-package of this package."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
+    if name not in names:
+        raise ConfigError(f"stage.name={name!r}: expected one of {', '.join(names)}")
     return importlib.import_module(f"{__name__}.{name}")
 
 
@@ -49,16 +45,11 @@ def evaluator(stage: str) -> Callable[..., Any]:
     return get_stage(stage).evaluate
 
 
-def class_path(cls: type) -> str:
-    """The ``_target_`` that names ``cls``."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def stored_datamodule(stage: str, data: Mapping[str, Any], **settings: Any) -> Any:
     """The data module a checkpoint's stored ``data`` config describes, built from its plain
     values (plus ``settings``) by a class ``stage`` lists; anything else is refused."""
     target = data.get("_target_")
-    known = {class_path(cls): cls for cls in get_stage(stage).DATA_MODULES}
+    known = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in get_stage(stage).DATA_MODULES}
     if target not in known:
         raise CheckpointError(
             f"the checkpoint's data._target_={target!r} is not a data module of stage "

@@ -1,25 +1,20 @@
 """Turning the composed Hydra config into plain, loggable, secret-free data, and writing the run
 folder's copy of it.
 
-What is redacted: the value of every key named like a secret (``api_key``, ``token``,
-``secret``, ``password``...; keys ending in ``_env`` name a variable and are kept), every
+Redacted (replaced by ``<redacted>``): the value of every key named like a secret (``api_key``,
+``token``, ``password``...; keys ending in ``_env`` name a variable and are kept), every
 ``key=value`` override of such a key, and every occurrence of the value of an environment
-variable named like a secret (``WANDB_API_KEY``, ``OPENAI_API_KEY``...) however it got
-into the config (an ``${oc.env:...}`` interpolation, a pasted override). It is replaced by
-``<redacted>`` before anything is written or logged: the run folder's ``.hydra/`` files (which
-llmprep writes itself, so Hydra's unredacted copies never exist), the checkpoints'
-hyperparameters, the W&B config and the command line W&B records. A sweep's
-``multirun.yaml``, which Hydra writes before any job starts, is rewritten redacted by its first
-job.
+variable named like a secret (``WANDB_API_KEY``...) however it got into the config. This happens
+before anything is written or logged: the run folder's ``.hydra/`` files (written by llmprep, so
+Hydra's unredacted copies never exist), the checkpoints' hyperparameters, the W&B config and
+command line. A sweep's ``multirun.yaml``, written before any job starts, is rewritten redacted
+by its first job.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +71,6 @@ def _save_redacted(data: Any, path: Path) -> None:
     plain = OmegaConf.to_container(data, resolve=False) if OmegaConf.is_config(data) else data
     with atomic_path(path) as temp:
         temp.write_text(OmegaConf.to_yaml(OmegaConf.create(redact(plain))), encoding="utf-8")
-
-
-@contextmanager
-def redacted_argv() -> Iterator[None]:
-    """``sys.argv`` with secrets redacted for the duration (W&B records it as the run's
-    command line); the real one is restored after."""
-    saved = list(sys.argv)
-    sys.argv[:] = [redact_text(arg) for arg in saved]
-    try:
-        yield
-    finally:
-        sys.argv[:] = saved
 
 
 class RedactedRunFiles(Callback):

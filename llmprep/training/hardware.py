@@ -10,12 +10,10 @@ from omegaconf import DictConfig
 
 
 def apply_threads(hardware: DictConfig) -> None:
-    """Set this process's math-library threads to ``hardware.threads`` when given."""
-    threads = hardware.get("threads")
-    if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"hardware.threads={threads}: expected a positive number or null")
-        torch.set_num_threads(int(threads))
+    """Set this process's math-library threads to ``hardware.threads`` when given (checked by
+    :func:`~llmprep.training.validate.validate_config`)."""
+    if hardware.get("threads") is not None:
+        torch.set_num_threads(hardware.threads)
 
 
 def trainer_kwargs(hardware: DictConfig) -> dict[str, Any]:

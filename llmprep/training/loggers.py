@@ -9,6 +9,7 @@ import inspect
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +20,24 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from llmprep.training.config import redacted_argv
+from llmprep.training.config import redact_text
 
 log = logging.getLogger(__name__)
 
 
-def wandb_has_credentials() -> bool:
-    """True when an API key is in the environment or ``wandb login`` left one in the netrc file
-    (``$NETRC``, else ``~/.netrc``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        hosts = netrc.netrc(os.environ.get("NETRC")).hosts
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-    return any("wandb" in host for host in hosts)
-
-
 def wandb_mode(configured: str | None) -> str:
-    """``logger.mode``, else ``$WANDB_MODE``, else online with credentials and offline without."""
+    """``logger.mode``, else ``$WANDB_MODE``, else online with credentials (an API key in the
+    environment, or ``wandb login``'s in the netrc file: ``$NETRC``, else ``~/.netrc``)."""
     mode = configured or os.environ.get("WANDB_MODE")
     if mode:
         return mode
-    return "online" if wandb_has_credentials() else "offline"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        hosts = netrc.netrc(os.environ.get("NETRC")).hosts
+    except (netrc.NetrcParseError, OSError):
+        return "offline"
+    return "online" if any("wandb" in host for host in hosts) else "offline"
 
 
 def run_name_and_group(stage: str, output_dir: Path, job_num: int | None) -> tuple[str, str]:
@@ -58,10 +54,10 @@ def build_logger(
 ) -> Logger | None:
     """The logger the ``logger`` group configures; ``None`` without a ``_target_`` (``none``).
 
-    A W&B run gets its mode, name and group as above, and ``config`` (the plain, redacted run
-    config) as its config; it starts here, on rank 0, with secrets redacted from the command line
-    it records. Other loggers get only the keys their class takes (W&B settings kept in
-    ``conf/local``, ``logger.entity``, are not theirs) and ``config`` as hyperparameters.
+    A W&B run gets its mode, name and group as above and ``config`` (plain, redacted) as its
+    config; it starts here, on rank 0, with secrets redacted from the command line it records.
+    Other loggers get only the keys their class takes (not ``conf/local``'s ``logger.entity``)
+    and ``config`` as hyperparameters.
     """
     if not settings or "_target_" not in settings:
         return None
@@ -79,8 +75,12 @@ def build_logger(
         mode=wandb_mode(settings.mode),
         config=config,
     )
-    with redacted_argv():
-        _ = logger.experiment  # W&B records the command line as the run starts
+    saved = list(sys.argv)
+    sys.argv[:] = [redact_text(arg) for arg in saved]  # W&B records it as the run starts
+    try:
+        _ = logger.experiment
+    finally:
+        sys.argv[:] = saved
     return logger
 
 

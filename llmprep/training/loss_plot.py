@@ -18,14 +18,11 @@ from llmprep.files import atomic_path
 class LossPlot(L.Callback):
     """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
 
-    The training curve holds the loss of each batch as the task computed it. Under automatic
+    The training curve holds the loss of each batch as the task computed it: under automatic
     optimization Lightning hands ``on_train_batch_end`` that loss divided by
-    ``accumulate_grad_batches`` (``ClosureResult.from_training_step_output`` scales it for the
-    accumulated backward pass), so it is multiplied back here; otherwise, with accumulation,
-    training would be plotted several times below validation, which is never scaled. Manual
-    optimization passes the loss as returned.
-
-    The history is part of the checkpoint, so a resumed run plots its whole course.
+    ``accumulate_grad_batches`` (scaled for the accumulated backward pass), so it is multiplied
+    back here, or training would be plotted below validation, which is never scaled. The history
+    is part of the checkpoint, so a resumed run plots its whole course.
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -27,10 +27,9 @@ def param_groups(
     Matrices and embeddings (2+ dimensions) are decayed; biases and LayerNorm gains are not, since
     shrinking them towards zero only hurts. ``decay_all`` decays everything, as the book's plain
     ``AdamW(model.parameters(), weight_decay=0.1)`` does. ``matrices`` names the 2+-dimensional
-    parameters as they were before wrapping: FSDP flattens every tensor into 1-D shards before
-    the optimizer is built, so shapes then no longer tell. ``None`` decides by current shapes.
-    The groups are named ``lr`` and ``lr_no_decay``: Lightning's ``LearningRateMonitor`` logs
-    each as ``<scheduler name>/<group name>``, so the task's ``train`` scheduler logs ``train/lr``.
+    parameters before FSDP flattened them into 1-D shards (``None``: decide by current shapes).
+    The groups are named ``lr`` and ``lr_no_decay``, which ``LearningRateMonitor`` logs under the
+    scheduler's name: ``train/lr``.
     """
     decay, no_decay = [], []
     for name, p in named_params:
@@ -50,10 +49,9 @@ def build_adamw(
     matrices: Collection[str] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW from the ``optim`` config, with PyTorch's fused kernel where every parameter is a
-    floating-point tensor on one of :data:`FUSED_DEVICES` (the CPU included), the ``foreach`` one
-    otherwise: the same update in one pass over all tensors instead of one per tensor (on CPU a
-    step of GPT-2 small's optimizer takes about a fifth of the time). ``matrices``: see
-    :func:`param_groups`."""
+    floating-point tensor on one of :data:`FUSED_DEVICES`, the ``foreach`` one otherwise: one
+    pass over all tensors instead of one per tensor (on CPU, a fifth of the time for GPT-2
+    small). ``matrices``: see :func:`param_groups`."""
     groups = param_groups(
         named_params, optim["weight_decay"], optim.get("decay_all", False), matrices
     )
@@ -73,13 +71,11 @@ def build_adamw(
     )
 
 
-def lr_lambda(
-    warmup_steps: int, total_steps: int, schedule: str, lr: float, min_lr: float
-) -> Callable[[int], float]:
-    """The factor on ``lr`` at each optimizer step: linear warmup, then cosine decay or constant.
-
-    Cosine reaches ``min_lr`` at ``total_steps`` and stays there if training runs longer.
-    """
+def lr_lambda(optim: Mapping[str, Any], total_steps: int) -> Callable[[int], float]:
+    """The factor on ``optim.lr`` at each optimizer step: linear warmup (``warmup_steps``), then
+    ``schedule``: constant, or cosine reaching ``min_lr`` at ``total_steps`` and staying there."""
+    lr, min_lr = optim["lr"], optim.get("min_lr", optim["lr"])
+    warmup_steps, schedule = optim.get("warmup_steps", 0), optim.get("schedule", "constant")
     if schedule not in {"cosine", "constant"}:
         raise ValueError(f"optim.schedule={schedule!r}: expected 'cosine' or 'constant'")
     if schedule == "cosine" and min_lr > lr:

@@ -14,15 +14,11 @@ import torch
 def capture() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's global generators (CUDA's once in use), as
     tensors and plain values only, so checkpoints load with ``weights_only=True``."""
-    numpy = np.random.get_state(legacy=False)
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    key = torch.from_numpy(key.astype(np.int64))
     state = {
         "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
-            "pos": int(numpy["state"]["pos"]),
-            "has_gauss": int(numpy["has_gauss"]),
-            "gauss": float(numpy["gauss"]),
-        },
+        "numpy": {"key": key, "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -33,38 +29,25 @@ def capture() -> dict[str, Any]:
 def restore(state: dict[str, Any]) -> None:
     """Set the global generators to ``state`` (from :func:`capture`). CUDA states are restored
     on as many devices as both the state and this machine have."""
-    random.setstate(_as_tuples(state["python"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
-            "has_gauss": numpy["has_gauss"],
-            "gauss": numpy["gauss"],
-        }
-    )
+    key = numpy["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
 
 
-def _as_tuples(value: Any) -> Any:
-    """``random.setstate`` wants tuples; a checkpoint round trip may hand back lists."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
-
-
 class RandomState(L.Callback):
     """Saves the generators' states in every checkpoint and restores them on resume.
 
-    A checkpoint holds the states of the moment it was saved; a run resumed from it sets them
-    just before its first training batch, after its own set-up (model, data loaders, iterators)
-    has drawn whatever it draws. Validation takes its random numbers (a loader's iterator, a
-    sampled text) from a copy: the generators are restored when it ends, so the training stream
-    is the same whether or not, and how often, a run validates, and whether a resumed run repeats
-    the validation the interrupted one ran after its last save.
-
-    Under DDP every process restores the states of process 0, which saved the checkpoint.
+    A resumed run sets the saved states just before its first training batch, after its own
+    set-up has drawn whatever it draws. Validation draws from a copy: the generators are restored
+    when it ends, so the training stream is the same however often a run validates (and whether
+    a resumed run repeats the validation run after the last save). Under DDP every process
+    restores the states of process 0, which saved the checkpoint.
     """
 
     def __init__(self) -> None:
@@ -72,12 +55,10 @@ class RandomState(L.Callback):
         self._outside_validation: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The generators' states now, when a checkpoint is saved."""
         return capture()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep the saved states for the first training batch of the resumed run."""
-        self._resume = state_dict
+        self._resume = state_dict  # for the first training batch
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int

@@ -1,9 +1,6 @@
-"""The one evaluation path every stage shares: ``trainer.test`` on the stage's own ``test_step``,
-a table of its scores per split, and a JSON file beside the checkpoint.
-
-Reporting after fitting and ``evaluate.py`` both go through :func:`score`, so they print the
-same table from the same code.
-"""
+"""The one evaluation path every stage shares, after fitting and in ``evaluate.py``:
+``trainer.test`` on the stage's own ``test_step``, a table of its scores per split, and a JSON
+file beside the checkpoint."""
 
 from __future__ import annotations
 
@@ -59,12 +56,11 @@ def score(
     load: bool,
     title: str,
 ) -> dict[str, dict[str, Any]]:
-    """Each test split's scores (``task.test_results`` after ``trainer.test``, which shards the
-    splits over the processes), printed by rank 0 as one row per split.
+    """Each test split's scores (``task.test_results`` after ``trainer.test``), printed by rank 0
+    as one row per split, lists (a confusion matrix) left out.
 
     ``load`` has ``trainer.test`` load ``ckpt_path`` first (after fitting: the best checkpoint);
     otherwise the task is scored with the weights it holds (``evaluate.py`` restored them).
-    Lists in the scores (a confusion matrix) are left out of the table.
     """
     weights = str(ckpt_path) if load and ckpt_path is not None else None
     trainer.test(task, datamodule=datamodule, ckpt_path=weights, verbose=False, weights_only=True)

@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 
 
 class SampleLogger(L.Callback):
-    """At each validation, the task's ``samples()`` (rows of equal keys: a pretraining prompt's
-    continuations, answers to instruction records) go to the console and, with the step and the
-    tokens seen, to every logger that logs text (W&B's ``samples`` table, which grows by these
-    rows each time). Under FSDP every rank takes part in generating; rank 0 logs."""
+    """At each validation, the task's ``samples()`` (rows of equal keys) go to the console and,
+    with the step and the tokens seen, to every logger that logs text (W&B's ``samples`` table,
+    growing by these rows each time). Under FSDP every rank takes part in generating; rank 0
+    logs."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []

@@ -1,14 +1,11 @@
 """The LightningModule all stages share: our GPT built from plain config, AdamW and its schedule,
 and LoRA adapters for any stage.
 
-A task gets only its own settings (:data:`TASK_KEYS` of the run config: the ``stage`` group,
-``optim``, ``lora``, ``init_from``, ``activation_checkpointing``, ``compile``, ``seed``) as plain
-dicts, never modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run
-around it. What the task needs from its data (a classifier's labels) the data module's
-``task_settings()`` hands over. Every checkpoint also holds the whole resolved run config under
+A task gets only its own settings (:data:`TASK_KEYS` of the run config) as plain dicts, never
+modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run around it;
+what it needs from its data (a classifier's labels) comes from the data module's
+``task_settings()``. Every checkpoint also holds the whole resolved run config under
 ``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it).
-
-What a LoRA run's checkpoints hold is :mod:`llmprep.model.lora`'s business.
 """
 
 from __future__ import annotations
@@ -65,15 +62,14 @@ TASK_KEYS = ("stage", "optim", "lora", "init_from", "activation_checkpointing", 
 class GPTTask(L.LightningModule):
     """Holds ``self.model`` (our GPT), counts tokens seen and builds the optimizer.
 
-    ``config`` holds the task's settings (:data:`TASK_KEYS`, plain dicts); ``model_config`` the
-    final architecture (a ``GPTConfig`` as dict: with ``init_from`` it is the pretrained model's).
-    ``model`` hands in a GPT with loaded weights; it is not a hyperparameter. ``run_config`` is
-    the whole resolved run config, stored in each checkpoint beside the hyperparameters.
+    ``config``: the task's settings (:data:`TASK_KEYS`); ``model_config``: the final architecture
+    (a ``GPTConfig`` as dict, the pretrained model's with ``init_from``); ``model``: a GPT with
+    loaded weights, not a hyperparameter. ``run_config``: the whole resolved run config, stored
+    in each checkpoint.
 
-    With ``config["lora"]["rank"] > 0`` the adapted model gets LoRA adapters (``self.lora``, a
-    :class:`~llmprep.model.lora.LoraRun`) and only they, and layers the stage added outside the
-    adapted ones, train. Built without ``model``, a LoRA task from a pretrained base gets its base
-    weights from the checkpoint it is loaded from.
+    With ``config["lora"]["rank"] > 0`` only the LoRA adapters (``self.lora``, a
+    :class:`~llmprep.model.lora.LoraRun`) and layers the stage added outside the adapted ones
+    train; built without ``model``, such a task gets its base weights from its checkpoint.
     """
 
     def __init__(
@@ -95,7 +91,9 @@ class GPTTask(L.LightningModule):
         self.tokens_seen = 0
         self.val_loss = MeanMetric()
         self.matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
-        self._flops_per_batch: int | None = None
+        # FLOPs of the batch in flight, for ThroughputMonitor's FLOP/s and MFU (forward and
+        # backward while training, forward alone in evaluation).
+        self.flops_per_batch: int | None = None
 
     def adapt_model(self, model: GPT) -> torch.nn.Module:
         """The stage's changes to the GPT before training (a new head, frozen parts).
@@ -107,13 +105,6 @@ class GPTTask(L.LightningModule):
     @property
     def tokenizer(self):
         return get_tokenizer()
-
-    def count_tokens(self, batch_tokens: int) -> int:
-        """Add this batch's input tokens over all processes (padding included: what the model
-        computed on) to ``tokens_seen`` and return them."""
-        step_tokens = batch_tokens * self.trainer.world_size
-        self.tokens_seen += step_tokens
-        return step_tokens
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Next-token training (pretrain, instruct); a stage with another loss overrides the
@@ -150,10 +141,9 @@ class GPTTask(L.LightningModule):
         """One token-weighted loss per test loader, named by the data module's
         ``test_splits``."""
         self.test_splits = list(self.trainer.datamodule.test_splits)
-        self.test_losses = torch.nn.ModuleList(MeanMetric() for _ in self.test_splits)
-        self.test_tokens = torch.nn.ModuleList(SumMetric() for _ in self.test_splits)
-        self.test_losses.to(self.device)
-        self.test_tokens.to(self.device)
+        splits = range(len(self.test_splits))
+        self.test_losses = torch.nn.ModuleList(MeanMetric() for _ in splits).to(self.device)
+        self.test_tokens = torch.nn.ModuleList(SumMetric() for _ in splits).to(self.device)
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         loss, tokens = self.loss_and_tokens(batch)
@@ -182,21 +172,17 @@ class GPTTask(L.LightningModule):
                 self.log(f"{prefix}/loss", loss, sync_dist=False)
                 self.log(f"{prefix}/ppl", perplexity(loss), sync_dist=False)
 
-    @property
-    def flops_per_batch(self) -> int | None:
-        """FLOPs of the batch in flight: read by Lightning's ``ThroughputMonitor`` for its FLOP/s
-        and MFU figures (forward and backward while training, forward alone in evaluation)."""
-        return self._flops_per_batch
-
     def _note_batch(self, batch: Any, training: bool) -> int:
-        """Set :attr:`flops_per_batch` for ``batch``; return its number of input tokens."""
+        """Set ``flops_per_batch`` for ``batch``; return its number of input tokens."""
         inputs = batch_inputs(batch)
         per_token = self.model.flops_per_token(inputs.shape[-1], training=training)
-        self._flops_per_batch = per_token * inputs.numel()
+        self.flops_per_batch = per_token * inputs.numel()
         return inputs.numel()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self.count_tokens(self._note_batch(batch, training=True))
+        """Add the batch's input tokens over all processes (padding included: what the model
+        computed on) to ``tokens_seen``."""
+        self.tokens_seen += self._note_batch(batch, training=True) * self.trainer.world_size
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("train/tokens_seen", float(self.tokens_seen), rank_zero_only=True)
@@ -206,21 +192,14 @@ class GPTTask(L.LightningModule):
     ) -> None:
         self._note_batch(batch, training=False)
 
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._note_batch(batch, training=False)
+    on_test_batch_start = on_validation_batch_start
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim: Mapping[str, Any] = self.config["optim"]
         optimizer = build_adamw(self.named_parameters(), optim, self.matrix_names)
-        total = int(self.trainer.estimated_stepping_batches)
-        factor = lr_lambda(
-            optim.get("warmup_steps", 0),
-            total,
-            optim.get("schedule", "constant"),
-            optim["lr"],
-            optim.get("min_lr", optim["lr"]),
+        scheduler = LambdaLR(
+            optimizer, lr_lambda(optim, int(self.trainer.estimated_stepping_batches))
         )
-        scheduler = LambdaLR(optimizer, factor)
         return {
             "optimizer": optimizer,
             # LearningRateMonitor logs it as train/lr (see ``param_groups``).

@@ -1,13 +1,11 @@
-"""Training throughput measured over whole steps (forward, backward, optimizer step, data
-loading) by Lightning's ``ThroughputMonitor``, logged to every logger and shown in the bar.
+"""Training throughput over whole steps (forward, backward, optimizer step, data loading) by
+Lightning's ``ThroughputMonitor``, logged to every logger and shown in the bar.
 
-The monitor times from one ``on_train_batch_end`` to the next and divides by the tokens, samples
-and FLOPs of those batches (FLOPs from the task's ``flops_per_batch``: see
-``GPT.flops_per_token``). It logs ``train/device/items_per_sec`` (items are input tokens, padding
-included), ``train/device/samples_per_sec``, ``train/device/flops_per_sec`` and, where Lightning
-knows the device's peak for the run's precision (NVIDIA and TPU chips, not CPUs),
-``train/device/mfu``; with several processes also the summed ``train/items_per_sec`` and so on.
-Figures appear once ``window_size`` batches have run, every ``trainer.log_every_n_steps``.
+It logs ``train/device/items_per_sec`` (input tokens, padding included), ``samples_per_sec``,
+``flops_per_sec`` (from the task's ``flops_per_batch``) and, where Lightning knows the device's
+peak for the run's precision (NVIDIA and TPU chips, not CPUs), ``train/device/mfu``; with several
+processes also the summed ``train/items_per_sec`` and so on. Figures appear once ``window_size``
+batches have run, every ``trainer.log_every_n_steps``.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def test_threads_setting_applies_and_rejects_nonsense():
         apply_threads(OmegaConf.create({"threads": 1}))
         assert torch.get_num_threads() == 1
         with pytest.raises(ValueError, match=r"hardware\.threads=0"):
-            apply_threads(OmegaConf.create({"threads": 0}))
+            validate_config(OmegaConf.create({"hardware": {"threads": 0}}))
     finally:
         torch.set_num_threads(before)
 

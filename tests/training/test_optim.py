@@ -38,8 +38,12 @@ def test_frozen_parameters_are_left_out_and_nothing_trainable_is_an_error():
         build_adamw(model.named_parameters(), {"lr": 1e-3, "weight_decay": 0.1})
 
 
+def _optim(warmup_steps: int, schedule: str, lr: float, min_lr: float) -> dict:
+    return {"warmup_steps": warmup_steps, "schedule": schedule, "lr": lr, "min_lr": min_lr}
+
+
 def test_warmup_then_cosine_reaches_min_lr():
-    f = lr_lambda(warmup_steps=10, total_steps=110, schedule="cosine", lr=1e-3, min_lr=1e-4)
+    f = lr_lambda(_optim(10, "cosine", 1e-3, 1e-4), total_steps=110)
     assert f(0) == pytest.approx(0.1)
     assert f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)
@@ -49,15 +53,15 @@ def test_warmup_then_cosine_reaches_min_lr():
 
 
 def test_constant_schedule_and_unknown_schedule():
-    f = lr_lambda(0, 100, "constant", 1e-3, 1e-4)
+    f = lr_lambda(_optim(0, "constant", 1e-3, 1e-4), 100)
     assert f(0) == f(99) == 1.0
     with pytest.raises(ValueError, match=r"optim\.schedule='linear'"):
-        lr_lambda(0, 100, "linear", 1e-3, 1e-4)
+        lr_lambda(_optim(0, "linear", 1e-3, 1e-4), 100)
 
 
 def test_a_floor_above_the_rate_is_refused():
     with pytest.raises(ValueError, match=r"optim\.min_lr=5e-05 exceeds optim\.lr=1e-05"):
-        lr_lambda(0, 100, "cosine", 1e-5, 5e-5)
+        lr_lambda(_optim(0, "cosine", 1e-5, 5e-5), 100)
 
 
 def test_decay_follows_names_once_sharding_flattened_the_tensors():

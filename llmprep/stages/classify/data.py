@@ -1,10 +1,8 @@
 """Labelled texts for the ``classify`` stage: read, balance, split, encode and batch them.
 
-The default source is the UCI SMS Spam Collection, prepared the way the book's chapter 6 does:
-the majority class undersampled to the minority's size, a seeded shuffle, a 70/10/20 split with
-the book's integer arithmetic, and every text padded with ``<|endoftext|>`` (50256) to the
-longest training example. Any file ``llmprep.data.records`` reads with a text and a label
-column goes through the same path, and so does a folder already split into train/val/test files.
+The default source is the UCI SMS Spam Collection, prepared the way the book's chapter 6 does
+(see ``ClassificationDataModule``); any file ``llmprep.data.records`` reads with a text and a
+label column goes through the same path, and so does a folder already split into train/val/test.
 
 A batch is ``{"input_ids": LongTensor[B, T], "lengths": LongTensor[B], "labels": LongTensor[B]}``;
 ``lengths`` holds each text's true token count (at least 1), so a classifier can read the
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from llmprep.data import records
@@ -92,10 +92,8 @@ def label_names_for(train: Sequence[Example]) -> list[str]:
 def check_labels(
     examples: Iterable[Example], names: Sequence[str], label_column: str, source: str
 ) -> None:
-    """A ``DataError`` at the first example whose label is not one of ``names``.
-
-    ``source`` says where ``names`` came from, for the message.
-    """
+    """A ``DataError`` at the first example whose label is not one of ``names`` (which came from
+    ``source``, as the message says)."""
     known = set(names)
     for ex in examples:
         if ex.label not in known:
@@ -117,19 +115,14 @@ def tokenize(texts: Sequence[str], limit: int, lowercase: bool = False) -> list[
 
 
 def pad(sequences: Sequence[Sequence[int]], length: int | None = None) -> dict[str, torch.Tensor]:
-    """``input_ids`` padded with ``<|endoftext|>`` to ``length`` (else the longest) and ``lengths``.
-
-    Sequences longer than ``length`` are cut to it.
-    """
+    """``input_ids`` padded with ``<|endoftext|>`` to ``length`` (cutting longer sequences to it)
+    or else to the longest, and ``lengths``."""
     pad_id = get_tokenizer().eot_id
-    width = length if length is not None else max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    lengths = torch.empty(len(sequences), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        seq = seq[:width]
-        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        lengths[row] = len(seq)
-    return {"input_ids": input_ids, "lengths": lengths}
+    rows = [torch.tensor(seq[:length], dtype=torch.long) for seq in sequences]
+    input_ids = pad_sequence(rows, batch_first=True, padding_value=pad_id)
+    if length is not None:
+        input_ids = F.pad(input_ids, (0, length - input_ids.shape[1]), value=pad_id)
+    return {"input_ids": input_ids, "lengths": torch.tensor([len(row) for row in rows])}
 
 
 def encode_texts(
@@ -152,8 +145,6 @@ def encode_texts(
         if not text.strip():
             raise ValueError(f"text {i} is empty; there is nothing to classify")
     limit = truncation_limit(context_length, max_length)
-    if pad_to_length is not None:
-        limit = min(limit, pad_to_length)
     return pad(tokenize(texts, limit, lowercase), pad_to_length)
 
 
@@ -229,9 +220,8 @@ class ClassificationDataModule(ResumableDataModule):
         self.columns = columns if columns is not None else layout.get("columns")
         self.text_column = text_column
         self.label_column = label_column
-        self.labels = [str(name) for name in labels] if labels is not None else None
-        names = self.labels
-        if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
+        self.labels = names = [str(name) for name in labels] if labels is not None else None
+        if names is not None and not 2 <= len(set(names)) == len(names):
             raise ValueError(f"data.labels must list at least two distinct names, got {names}")
         self.balance = balance
         if pad_to not in PAD_MODES:
@@ -255,9 +245,8 @@ class ClassificationDataModule(ResumableDataModule):
         """Read, balance, split, label and encode the data and save the splits; once only."""
         if self.splits:
             return
-        splits, _ = records.read_splits(
-            self.path, self._read, self.fractions, self.seed, self._balanced
-        )
+        balance = (lambda examples: balance_classes(examples, self.seed)) if self.balance else None
+        splits, _ = records.read_splits(self.path, self._read, self.fractions, self.seed, balance)
         if self.labels is not None:
             names = list(self.labels)
         else:
@@ -301,9 +290,6 @@ class ClassificationDataModule(ResumableDataModule):
         if self.labels is not None:
             check_labels(examples, self.labels, self.label_column, "the labels in data.labels")
         return examples
-
-    def _balanced(self, examples: list[Example]) -> list[Example]:
-        return balance_classes(examples, self.seed) if self.balance else examples
 
     @property
     def num_classes(self) -> int:

@@ -9,6 +9,7 @@ as the source file is unchanged); the JSON names which was used.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -108,17 +109,14 @@ def read_texts(path: str | Path) -> list[tuple[int, str]]:
     """``(line number, text)`` for each non-blank line of a UTF-8 file (one text per line)."""
     path = Path(path).expanduser()
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+        lines = raw.decode("utf-8").split("\n")
     except OSError as err:
         raise FileNotFoundError(f"eval.texts_file={str(path)!r}: {err.strerror}") from None
-    texts = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}, line {number}: holds bytes that are not UTF-8") from None
-        if text.strip():
-            texts.append((number, text))
+    except UnicodeDecodeError as err:
+        number = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {number}: holds bytes that are not UTF-8") from None
+    texts = [(n, line.rstrip("\r")) for n, line in enumerate(lines, start=1) if line.strip()]
     if not texts:
         raise ValueError(f"{path}: holds no texts (expected one text per line)")
     return texts
@@ -142,9 +140,7 @@ def predict_texts(task: ClassifyTask, ckpt_path: Path, cfg: DictConfig) -> list[
         f"{ckpt_path.name}: predictions",
         [
             {
-                "source": r["source"],
-                "label": r["label"],
-                "probability": r["probability"],
+                **{k: r[k] for k in ("source", "label", "probability")},
                 "text": r["text"] if len(r["text"]) <= 60 else r["text"][:57] + "...",
             }
             for r in rows

@@ -77,13 +77,12 @@ def set_trainable(model: GPT, trainable: str, n_blocks: int = 1) -> None:
     model.out_head.requires_grad_(True)
     if trainable == "head":
         return
-    if trainable == "last_n_blocks":
-        if not 1 <= n_blocks <= len(model.blocks):
-            raise ValueError(
-                f"stage.n_blocks={n_blocks}: expected 1 to the model's {len(model.blocks)} blocks"
-            )
-    else:
+    if trainable == "last_block":
         n_blocks = 1
+    elif not 1 <= n_blocks <= len(model.blocks):
+        raise ValueError(
+            f"stage.n_blocks={n_blocks}: expected 1 to the model's {len(model.blocks)} blocks"
+        )
     for block in model.blocks[-n_blocks:]:
         block.requires_grad_(True)
     model.final_norm.requires_grad_(True)
@@ -117,19 +116,18 @@ class ClassificationScores(nn.Module):
 
     def compute(self) -> dict[str, Any]:
         """``examples``, ``accuracy``, ``f1``, ``loss`` and ``confusion_matrix`` (rows: true,
-        columns: predicted label ids) as plain numbers."""
+        columns: predicted label ids) as plain numbers; then the scores start over."""
         confusion = self.confusion.compute()
-        return {
+        values = {
             "examples": int(confusion.sum()),
             "accuracy": float(self.accuracy.compute()),
             "f1": float(self.f1.compute()),
             "loss": float(self.loss.compute()),
             "confusion_matrix": confusion.tolist(),
         }
-
-    def reset(self) -> None:
-        for metric in (self.accuracy, self.f1, self.loss, self.confusion):
+        for metric in self.children():
             metric.reset()
+        return values
 
 
 @dataclass(frozen=True)
@@ -206,10 +204,9 @@ class ClassifyTask(GPTTask):
     def _log_scores(
         self, scores: ClassificationScores, name: str, keys: Sequence[str] = ("acc", "f1", "loss")
     ) -> dict[str, Any]:
-        """Log and reset ``scores`` as ``{name}/acc``, ``{name}/f1``, ``{name}/loss``; return
-        them."""
+        """Log ``scores`` (and start them over) as ``{name}/acc``, ``{name}/f1``,
+        ``{name}/loss``; return them."""
         values = scores.compute()
-        scores.reset()
         for key in keys:
             value = values["accuracy" if key == "acc" else key]
             self.log(f"{name}/{key}", value, prog_bar=key == "acc", sync_dist=False)
@@ -266,13 +263,7 @@ class ClassifyTask(GPTTask):
             with evaluating(self):
                 logits = self(batch["input_ids"].to(self.device), batch["lengths"].to(self.device))
             for text, probs in zip(chunk, logits.float().softmax(dim=-1).tolist(), strict=True):
-                best = max(range(len(probs)), key=probs.__getitem__)
-                predictions.append(
-                    Prediction(
-                        text=text,
-                        label=self.label_names[best],
-                        probability=probs[best],
-                        probabilities=dict(zip(self.label_names, probs, strict=True)),
-                    )
-                )
+                probabilities = dict(zip(self.label_names, probs, strict=True))
+                label = max(probabilities, key=probabilities.__getitem__)
+                predictions.append(Prediction(text, label, probabilities[label], probabilities))
         return predictions

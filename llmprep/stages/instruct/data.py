@@ -2,9 +2,7 @@
 
 The default source is the book's chapter 7 ``instruction-data.json`` (1,100 records with
 ``instruction``, ``input`` and ``output``), split in file order 85 / 10 / 5 into train / test /
-val exactly as the book does: 935 / 110 / 55. Any file ``llmprep.data.records`` reads with such
-records (field names configurable), a folder already split into train / val / test files, or a
-Hugging Face hub dataset (``hf:tatsu-lab/alpaca``) goes through the same path.
+val exactly as the book does: 935 / 110 / 55. Other sources: see ``InstructDataModule``.
 
 A batch is ``{"input_ids": LongTensor[B, T], "targets": LongTensor[B, T]}`` built by
 ``collate_instruct`` with the book's ``custom_collate_fn`` rules; targets the loss must skip hold
@@ -61,12 +59,10 @@ def encode_records(examples: Sequence[Record], style: PromptStyle) -> list[tuple
     styles). ``<|endoftext|>`` written inside a record is encoded as plain text, so a record
     cannot end itself early.
     """
-    if not examples:
-        return []
-    prompts, responses = zip(*(style.format_example(r) for r in examples), strict=True)
+    texts = [style.format_example(r) for r in examples]
     tokenizer = get_tokenizer()
-    prompt_ids = tokenizer.encode_ordinary_batch(prompts)
-    response_ids = tokenizer.encode_ordinary_batch(responses)
+    prompt_ids = tokenizer.encode_ordinary_batch([prompt for prompt, _ in texts])
+    response_ids = tokenizer.encode_ordinary_batch([response for _, response in texts])
     return [(p + r, len(p)) for p, r in zip(prompt_ids, response_ids, strict=True)]
 
 
@@ -85,21 +81,19 @@ def has_target(length: int, prompt_length: int, limit: int, mask_prompt: bool) -
 def collate_instruct(
     batch: Sequence[Sequence[int]],
     prompt_lengths: Sequence[int] | None = None,
-    pad_id: int | None = None,
-    ignore_index: int = IGNORE_INDEX,
     max_length: int | None = None,
     mask_prompt: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The book's instruction batch: ``input_ids`` and shifted ``targets``.
 
-    Each example gets one ``pad_id`` (``<|endoftext|>``) appended as its end token and is padded
-    with ``pad_id`` to the longest example + 1; ``input_ids`` drop the last column and
-    ``targets`` the first. Every padding target after the end token becomes ``ignore_index``,
-    so the model learns to emit the end token once. The padding is found by position, not by
-    value, so an end-token id inside an example is never masked. ``mask_prompt`` also ignores
-    the targets that predict prompt tokens: target ``j`` predicts token ``j + 1``, so for a
-    prompt of ``p`` tokens ``targets[:p - 1]`` are ignored and the first response token is
-    still learned. Finally both are cut to ``max_length`` columns (``None``: no cut).
+    Each example gets one ``<|endoftext|>`` appended as its end token and is padded with it to
+    the longest example + 1; ``input_ids`` drop the last column and ``targets`` the first.
+    Every padding target after the end token becomes ``IGNORE_INDEX``, so the model learns to
+    emit the end token once. The padding is found by position, not by value, so an end-token id
+    inside an example is never masked. ``mask_prompt`` also ignores the targets that predict
+    prompt tokens: target ``j`` predicts token ``j + 1``, so for a prompt of ``p`` tokens
+    ``targets[:p - 1]`` are ignored and the first response token is still learned. Finally both
+    are cut to ``max_length`` columns (``None``: no cut).
     """
     if not batch:
         raise ValueError("collate_instruct needs at least one example")
@@ -108,16 +102,15 @@ def collate_instruct(
     if prompt_lengths is not None and len(prompt_lengths) != len(batch):
         raise ValueError(f"{len(prompt_lengths)} prompt lengths for {len(batch)} examples")
     width = max(len(ids) for ids in batch) + 1
-    pad_id = get_tokenizer().eot_id if pad_id is None else pad_id
-    padded = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    padded = torch.full((len(batch), width), get_tokenizer().eot_id, dtype=torch.long)
     for row, ids in enumerate(batch):
         padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     input_ids = padded[:, :-1]
     targets = padded[:, 1:].clone()
     for row, ids in enumerate(batch):
-        targets[row, len(ids) :] = ignore_index
+        targets[row, len(ids) :] = IGNORE_INDEX
         if mask_prompt:
-            targets[row, : max(prompt_lengths[row] - 1, 0)] = ignore_index
+            targets[row, : max(prompt_lengths[row] - 1, 0)] = IGNORE_INDEX
     if max_length is not None:
         input_ids, targets = input_ids[:, :max_length], targets[:, :max_length]
     return {"input_ids": input_ids.contiguous(), "targets": targets}
@@ -131,12 +124,8 @@ class InstructCollate:
     mask_prompt: bool = False
 
     def __call__(self, items: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        return collate_instruct(
-            [ids for ids, _ in items],
-            [length for _, length in items],
-            max_length=self.max_length,
-            mask_prompt=self.mask_prompt,
-        )
+        ids, lengths = [ids for ids, _ in items], [length for _, length in items]
+        return collate_instruct(ids, lengths, self.max_length, self.mask_prompt)
 
 
 class InstructDataModule(ResumableDataModule):
@@ -155,16 +144,14 @@ class InstructDataModule(ResumableDataModule):
     whose prompt fills all those tokens then has nothing to learn and is dropped, with a warning
     that counts them (see ``_trainable``).
 
-    Training batches are shuffled with ``seed`` and the epoch, resumably (``EpochSampler``);
-    the last partial batch is dropped as in the book, unless it would be the only one.
-    ``bucket`` groups training examples of similar length (``EpochSampler``'s bucketed order).
-    Val and test batches keep file order.
+    ``bucket`` groups training examples of similar length (``EpochSampler``'s bucketed order);
+    the last partial training batch is dropped as in the book, unless it would be the only one.
 
     ``context_length`` and ``output_dir`` come from the stage; with ``output_dir`` the splits are
     saved there as ``train.json``, ``val.json`` and ``test.json`` with the canonical field names
     (a folder that reads back as split input with the default ``fields``). The raw records stay
-    available in ``records`` (``val_records`` and ``test_records``) for generating and judging
-    responses.
+    available in ``records`` by split: validation answers a few ``val`` records, and the
+    ``test`` records are answered and judged.
     """
 
     def __init__(
@@ -191,7 +178,6 @@ class InstructDataModule(ResumableDataModule):
         self.fractions = records.check_fractions(
             {"train": split[0], "test": split[1]}, "data.split"
         )
-        self.split = tuple(self.fractions.values())
         self.limit = truncation_limit(context_length, max_length)
         self.max_length, self.context_length = max_length, context_length
         self.path = str(path)
@@ -221,38 +207,26 @@ class InstructDataModule(ResumableDataModule):
             )
         if self.records:
             return
-        splits, train_source = records.read_splits(self.path, self._read, self.fractions)
+        # Empty strings are accepted: an empty input is the common case, and whether an empty
+        # output is a mistake depends on the data.
+        splits, train_source = records.read_splits(
+            self.path,
+            lambda path: records.read_records(path, self.fields, self.format)[1],
+            self.fractions,
+        )
         for split, part in splits.items():
             self.datasets[split] = encode_records(part, self.style)
-        self._report_lengths()
         self.datasets["train"] = self._trainable(self.datasets["train"], train_source)
         if self.output_dir is not None:
             records.write_splits(splits, self.output_dir, ".json")
         self.records = splits
 
-    def _read(self, path: str | Path) -> list[Record]:
-        """The records of one file or hub dataset (``read_records``). Empty strings are
-        accepted: an empty input is the common case, and whether an empty output is a mistake
-        depends on the data."""
-        return records.read_records(path, self.fields, self.format)[1]
-
-    def _report_lengths(self) -> None:
-        """Log how many training examples the truncation cuts."""
-        examples = self.datasets["train"]
-        cut = sum(len(ids) > self.limit for ids, _ in examples)
-        if cut:
-            log.info(
-                "%d of %d training examples exceed %d tokens and are cut",
-                cut,
-                len(examples),
-                self.limit,
-            )
-
     def _trainable(
         self, examples: list[tuple[list[int], int]], source: str | Path
     ) -> list[tuple[list[int], int]]:
         """The training examples that keep a target token (``has_target``); the others are
-        counted in a warning, and a split left empty is a ``DataError`` naming ``source``.
+        counted in a warning, and a split left empty is a ``DataError`` naming ``source``. How
+        many examples the truncation cuts is logged.
 
         With ``mask_prompt`` a prompt that fills all ``limit`` tokens leaves nothing to learn,
         and a batch of only such examples has a NaN loss (0 / 0 tokens) that AdamW would still
@@ -262,45 +236,28 @@ class InstructDataModule(ResumableDataModule):
         the saved ``train.json`` keep the split as read, and val and test keep every record
         (their losses already skip batches without targets, and their records are answered).
         """
-        kept = [
-            (ids, prompt)
-            for ids, prompt in examples
-            if has_target(len(ids), prompt, self.limit, self.mask_prompt)
-        ]
-        dropped = len(examples) - len(kept)
-        settings = (
-            f"data.max_length={self.max_length}, context_length="
-            f"{self.context_length}, data.mask_prompt={self.mask_prompt}"
+        total, limit = len(examples), self.limit
+        cut = sum(len(ids) > limit for ids, _ in examples)
+        if cut:
+            log.info("%d of %d training examples exceed %d tokens and are cut", cut, total, limit)
+        kept = [(ids, p) for ids, p in examples if has_target(len(ids), p, limit, self.mask_prompt)]
+        dropped = total - len(kept)
+        why = (
+            f"their prompts fill all {limit} tokens (data.max_length={self.max_length}, "
+            f"context_length={self.context_length}, data.mask_prompt={self.mask_prompt})"
         )
         if dropped and not kept:
-            raise DataError(
-                source,
-                None,
-                None,
-                f"all {dropped} training examples have no target token: their prompts fill "
-                f"all {self.limit} tokens ({settings}); raise data.max_length or the model's "
-                "context, or set data.mask_prompt=false",
-            )
+            fix = "raise data.max_length or the model's context, or set data.mask_prompt=false"
+            message = f"all {dropped} training examples have no target token: {why}; {fix}"
+            raise DataError(source, None, None, message)
         if dropped:
             log.warning(
-                "%d of %d training examples have no target token and are dropped: their "
-                "prompts fill all %d tokens (%s)",
+                "%d of %d training examples have no target token and are dropped: %s",
                 dropped,
-                len(examples),
-                self.limit,
-                settings,
+                total,
+                why,
             )
         return kept
-
-    @property
-    def val_records(self) -> list[Record]:
-        """The val split's records, the ones validation answers a few of."""
-        return self.records["val"]
-
-    @property
-    def test_records(self) -> list[Record]:
-        """The test split's records, the ones responses are generated and judged for."""
-        return self.records["test"]
 
     def task_settings(self) -> dict[str, Any]:
         """The prompt style the task trains and answers in."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,7 +22,7 @@ from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.judge import Judge, JudgeError
-from llmprep.stages.instruct.task import RESPONSES_FILE, InstructTask
+from llmprep.stages.instruct.task import InstructTask
 from llmprep.training.report import eval_trainer, print_table, results_path, score
 from llmprep.training.task import is_sharded
 
@@ -43,20 +44,6 @@ def print_judgement(judged: Mapping[str, Any]) -> None:
     print_table(
         "score histogram", [{"scores": k, "count": v} for k, v in judged["histogram"].items()]
     )
-
-
-def instruct_datamodule(task: InstructTask, batch_size: int) -> InstructDataModule:
-    """The checkpoint's run data (same source, split and masking) in the model's prompt style."""
-    datamodule = stored_datamodule(
-        "instruct",
-        task.run_config["data"],
-        context_length=task.hparams.model_config["context_length"],
-        prompt_style=task.style.name,
-        batch_size=batch_size,
-    )
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    return datamodule
 
 
 def report(
@@ -81,7 +68,7 @@ def report(
     results: dict[str, Any] = {"checkpoint": str(ckpt_path), "prompt_style": task.style.name}
     weights = ckpt_path.name if ckpt_path else "final weights"
     results["test"] = {
-        "records": len(datamodule.test_records),
+        "records": len(datamodule.records["test"]),
         **score(trainer, task, datamodule, ckpt_path, load, weights)["test"],
     }
     if not trainer.is_global_zero:
@@ -95,14 +82,13 @@ def report(
 
     task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
     generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
+    limit = generation.pop("limit", None)
     if trainer.fast_dev_run:
-        runs, limit = int(trainer.fast_dev_run), generation.get("limit")
-        generation["limit"] = runs if limit is None else min(runs, limit)
-    answered = task.answer_test_split(datamodule.test_records, generation, cfg.seed)
-    if load:
-        responses_file = Path(trainer.default_root_dir) / RESPONSES_FILE
-    else:
-        responses_file = results_path(ckpt_path, trainer, "test_responses")
+        runs = int(trainer.fast_dev_run)
+        limit = runs if limit is None else min(runs, limit)
+    generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
+    answered = task.respond(datamodule.records["test"][:limit], **generation, generator=generator)
+    responses_file = results_path(None if load else ckpt_path, trainer, "test_responses")
     write_json_atomically(responses_file, answered)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}
     write_json_atomically(eval_file, results)
@@ -124,8 +110,16 @@ def report(
 
 
 def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
-    """:func:`report` on the checkpoint's run data; generation follows this command's
-    ``stage.generation`` settings."""
+    """:func:`report` on the checkpoint's run data (same source, split and masking) in the
+    model's prompt style; generation follows this command's ``stage.generation`` settings."""
     task = load_task(ckpt_path, "instruct")
-    datamodule = instruct_datamodule(task, cfg.eval.batch_size)
+    datamodule = stored_datamodule(
+        "instruct",
+        task.run_config["data"],
+        context_length=task.hparams.model_config["context_length"],
+        prompt_style=task.style.name,
+        batch_size=cfg.eval.batch_size,
+    )
+    datamodule.prepare_data()
+    datamodule.setup("test")
     return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False)

@@ -5,13 +5,10 @@ The judge is any chat endpoint reachable over HTTP: Ollama's ``/api/chat`` (the 
 server, LM Studio, OpenAI itself). Requests use only the standard library. Sampling is pinned
 (temperature 0, a fixed seed) so a re-run scores alike as far as the server allows.
 
-A reply is a score only when it cannot mean anything else (see ``parse_score``): the book asks
-for the integer alone and accepts only that, and we also accept the same integer labelled
-``Score:``, on the prompt's ``/100`` scale, or wrapped in Markdown emphasis, quotes or a final
-full stop. A reply with any other number in it ("On a scale of 0 to 100 ... 85", "4 out of 5"),
-a non-integer, or an explanation is unparsable; a score outside 0..100 is out of range. Both
-are counted, kept in the results for inspection, and left out of the average instead of guessed
-at. An empty model response scores 0 without asking, as in the book.
+A reply is a score only when it cannot mean anything else (``parse_score``); an unparsable
+reply or a score outside 0..100 is counted, kept in the results for inspection, and left out of
+the average instead of guessed at. An empty model response scores 0 without asking, as in the
+book.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,12 +90,9 @@ def parse_score(reply: str) -> int | None:
 def histogram(scores: Sequence[int]) -> dict[str, int]:
     """Counts per 10-point bin, ``"0-9"`` up to ``"90-100"`` (a perfect 100 joins the top bin)."""
     top = MAX_SCORE // BIN_WIDTH - 1
-    counts = [0] * (top + 1)
-    for score in scores:
-        counts[min(score // BIN_WIDTH, top)] += 1
-    labels = [f"{b * BIN_WIDTH}-{b * BIN_WIDTH + BIN_WIDTH - 1}" for b in range(top)]
-    labels.append(f"{top * BIN_WIDTH}-{MAX_SCORE}")
-    return dict(zip(labels, counts, strict=True))
+    counts = Counter(min(score // BIN_WIDTH, top) for score in scores)
+    ends = [b * BIN_WIDTH + BIN_WIDTH - 1 for b in range(top)] + [MAX_SCORE]
+    return {f"{b * BIN_WIDTH}-{end}": counts[b] for b, end in enumerate(ends)}
 
 
 def detect_api(url: str) -> str:
@@ -158,28 +153,21 @@ class Judge:
 
     def _payload(self, prompt: str) -> dict[str, Any]:
         """The request body: Ollama takes sampling settings under ``options``, OpenAI at the top."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "stream": False,
-        }
         sampling: dict[str, Any] = {"temperature": self.temperature}
         if self.seed is not None:
             sampling["seed"] = self.seed
-        if self.api == "ollama":
-            body["options"] = sampling
-        else:
-            body.update(sampling)
-        return body
+        messages = [{"role": "user", "content": prompt}]
+        body = {"model": self.model, "messages": messages, "stream": False}
+        return {**body, "options": sampling} if self.api == "ollama" else {**body, **sampling}
 
     def chat(self, prompt: str) -> str:
         """The judge's reply to one user message, with retries; a ``JudgeError`` when it fails."""
         data = json.dumps(self._payload(prompt)).encode("utf-8")
+        request = urllib.request.Request(self.url, data=data, headers=self.headers)
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers=self.headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read()

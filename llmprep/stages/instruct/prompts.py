@@ -1,10 +1,9 @@
 """Prompt styles: how an instruction record becomes the text a model is tuned on and prompted with.
 
-A style is data, not code: three template pieces and a marker. ``format_prompt`` renders the
-instruction, the input block (only when the input is non-empty) and the response header; the
-response follows the header. The prompt therefore ends with the response header, so that at
-generation time the model starts straight on the answer, and ``mask_prompt`` hides the header
-along with the instruction (both are template, not something to learn to write).
+A style is data, not code: three template pieces and a marker (``PromptStyle``). The prompt
+ends with the response header, so that at generation time the model starts straight on the
+answer, and ``mask_prompt`` hides the header along with the instruction (both are template, not
+something to learn to write).
 
 Styles:
 

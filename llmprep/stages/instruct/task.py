@@ -12,10 +12,6 @@ from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.prompts import get_style
 from llmprep.training.task import GPTTask
 
-RESPONSES_FILE = "test_responses.json"
-
-Batch = Mapping[str, torch.Tensor]
-
 
 class InstructTask(GPTTask):
     """Fine-tunes the GPT on instruction records and answers them.
@@ -50,7 +46,7 @@ class InstructTask(GPTTask):
         sample = self.config["stage"]["sample"]
         if not isinstance(datamodule, InstructDataModule) or sample["count"] < 1:
             return []
-        answered = self.respond(datamodule.val_records[: sample["count"]], sample["max_new_tokens"])
+        rows = self.respond(datamodule.records["val"][: sample["count"]], sample["max_new_tokens"])
         return [
             {
                 "instruction": row["instruction"],
@@ -58,7 +54,7 @@ class InstructTask(GPTTask):
                 "expected": row["output"],
                 "response": row["model_response"],
             }
-            for row in answered
+            for row in rows
         ]
 
     @torch.no_grad()
@@ -76,36 +72,16 @@ class InstructTask(GPTTask):
         Each prompt is the record in the model's style, encoded as in training (special-token
         text is plain text). Generation stops at ``<|endoftext|>``; the answer is the decoded
         continuation after any response marker the model wrote itself
-        (``PromptStyle.extract_response``). Prompts of equal length run as one batch (see
-        ``GPTTask.continuations``), so greedy answers match those of one prompt at a time.
+        (``PromptStyle.extract_response``). Prompts are batched as ``GPTTask.continuations`` does.
         """
-        prompts = [self.style.format_prompt(r["instruction"], r.get("input", "")) for r in records]
+        rows = [
+            {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+            for r in records
+        ]
+        prompts = [self.style.format_example(row)[0] for row in rows]
         ids = self.tokenizer.encode_ordinary_batch(prompts) if prompts else []
         texts = self.continuations(ids, max_new_tokens, temperature, top_k, batch_size, generator)
-        answers = [self.style.extract_response(text) for text in texts]
         return [
-            {
-                "instruction": r["instruction"],
-                "input": r.get("input", ""),
-                "output": r["output"],
-                "model_response": answer,
-            }
-            for r, answer in zip(records, answers, strict=True)
+            {**row, "model_response": self.style.extract_response(text)}
+            for row, text in zip(rows, texts, strict=True)
         ]
-
-    def answer_test_split(
-        self, records: Sequence[Mapping[str, str]], generation: Mapping[str, Any], seed: int
-    ) -> list[dict[str, str]]:
-        """The first ``generation.limit`` records (all when null) answered with the
-        ``generation`` settings; sampling draws from a generator seeded with ``seed``."""
-        limit = generation.get("limit")
-        chosen = list(records if limit is None else records[:limit])
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.respond(
-            chosen,
-            generation["max_new_tokens"],
-            generation["temperature"],
-            generation["top_k"],
-            generation["batch_size"],
-            generator,
-        )

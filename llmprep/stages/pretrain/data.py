@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from llmprep.data.resumable import EpochSampler, ResumableDataModule, ResumableLoader
+from llmprep.data.resumable import ResumableDataModule, ResumableLoader
 from llmprep.data.sources import resolve_many
 from llmprep.data.token_store import build_token_store, is_blank, split_tokens
 from llmprep.data.windows import TokenWindows
@@ -53,7 +53,7 @@ class PretrainDataModule(ResumableDataModule):
         test_files: Sequence[str] = (),
         output_dir: str | None = None,
     ) -> None:
-        super().__init__(output_dir)
+        super().__init__(output_dir, batch_size, num_workers, seed)
         if split_by not in {"tokens", "characters"}:
             raise ValueError(f"data.split_by={split_by!r}: expected 'tokens' or 'characters'")
         if not paths and not hf_dataset:
@@ -67,18 +67,13 @@ class PretrainDataModule(ResumableDataModule):
         self.stride = stride or self.max_length
         self.train_fraction = train_fraction
         self.split_by = split_by
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
         self.hf = (hf_dataset, hf_config, hf_split, hf_text_field) if hf_dataset else None
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
-        self.test_files = (
-            [str(path) for path in resolve_many(list(test_files))] if test_files else []
-        )
+        self.test_files = [str(path) for path in resolve_many(list(test_files))]
 
     def _files(self) -> list[Path]:
-        files = resolve_many(self.paths) if self.paths else []
+        files = resolve_many(self.paths)
         if self.hf is not None:
             from llmprep.data.hub import hub_text_file
 
@@ -130,24 +125,15 @@ class PretrainDataModule(ResumableDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled training windows, resumable mid-epoch."""
-        sampler = EpochSampler(len(self.train_set), self.seed)
-        loader = ResumableLoader(
-            self.train_set, sampler, self.batch_size, drop_last=True, num_workers=self.num_workers
-        )
-        return self.resume_loader(loader)
+        return self.train_loader(self.train_set)
 
     @property
     def test_splits(self) -> tuple[str, ...]:
         """The validation split (when the run has one), then each test file."""
         return ("val",) * (self.val_set is not None) + tuple(self.test_files)
 
-    def _loader(self, windows: TokenWindows) -> DataLoader:
-        return DataLoader(
-            windows, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
-        )
-
     def val_dataloader(self) -> DataLoader | list:
-        return [] if self.val_set is None else self._loader(self.val_set)
+        return [] if self.val_set is None else self.eval_loader(self.val_set)
 
     def test_dataloader(self) -> list[DataLoader]:
         sets = [self.val_set] if self.val_set is not None else []
@@ -156,13 +142,11 @@ class PretrainDataModule(ResumableDataModule):
             sets.append(TokenWindows(tokens, self.max_length, self.stride, path))
         if not sets:
             raise ValueError("nothing to test: the run has no validation split and no test files")
-        return [self._loader(windows) for windows in sets]
+        return [self.eval_loader(windows) for windows in sets]
 
 
 def _encode_documents(documents: Sequence[str]) -> np.ndarray:
     """Token ids of ``documents`` joined by one end-of-text id each, their text as plain text."""
     tok = get_tokenizer()
-    ids: list[int] = []
-    for index, tokens in enumerate(tok.encode_ordinary_batch(documents)):
-        ids.extend(([tok.eot_id] if index else []) + tokens)
-    return np.asarray(ids, dtype=np.int64)
+    ids = [t for tokens in tok.encode_ordinary_batch(documents) for t in (tok.eot_id, *tokens)]
+    return np.asarray(ids[1:], dtype=np.int64)

@@ -93,16 +93,16 @@ def test_book_data_splits_935_110_55_in_file_order(mirror: Path, tmp_path: Path)
     dm = InstructDataModule(output_dir=str(tmp_path / "splits"))
     dm.prepare_data()
     dm.setup("fit")
-    assert (len(dm.records["train"]), len(dm.test_records), len(dm.val_records)) == (935, 110, 55)
+    assert [len(dm.records[split]) for split in ("train", "test", "val")] == [935, 110, 55]
     assert dm.records["train"] == data[:935]
-    assert dm.test_records == data[935:1045]
-    assert dm.val_records == data[1045:]
+    assert dm.records["test"] == data[935:1045]
+    assert dm.records["val"] == data[1045:]
     assert (len(dm.train_dataloader()), len(dm.val_dataloader())) == (116, 7)  # 935 // 8, 55 / 8
     # The saved splits read back as a split folder with the same records.
     saved = InstructDataModule(path=str(tmp_path / "splits"))
     saved.setup()
-    assert saved.test_records == dm.test_records
-    assert saved.val_records == dm.val_records
+    assert saved.records["test"] == dm.records["test"]
+    assert saved.records["val"] == dm.records["val"]
 
 
 def test_mask_prompt_leaves_exactly_the_response_and_end_token_in_the_loss(
@@ -113,7 +113,7 @@ def test_mask_prompt_leaves_exactly_the_response_and_end_token_in_the_loss(
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     tokenizer = get_tokenizer()
-    for row, record in enumerate(dm.val_records[:4]):
+    for row, record in enumerate(dm.records["val"][:4]):
         kept = batch["targets"][row][batch["targets"][row] != X].tolist()
         assert tokenizer.decode(kept) == record["output"] + "<|endoftext|>"
 
@@ -198,7 +198,7 @@ def test_split_folder_is_used_as_given(tmp_path: Path) -> None:
     write_json(tmp_path / "test.json", data[7:])
     dm = InstructDataModule(path=str(tmp_path), batch_size=2)
     dm.setup()
-    assert (dm.records["train"], dm.val_records, dm.test_records) == (data[:5], data[5:7], data[7:])
+    assert [dm.records[s] for s in ("train", "val", "test")] == [data[:5], data[5:7], data[7:]]
 
 
 def test_split_folder_missing_a_split_names_it(tmp_path: Path) -> None:
@@ -246,11 +246,11 @@ def compose_data(*overrides: str):
 
 def test_data_configs_build_the_data_module(tmp_path: Path) -> None:
     book = instantiate(compose_data("+data=instruction_book"), context_length=128)
-    assert (book.path, book.limit, book.style.name, book.split) == (
+    assert (book.path, book.limit, book.style.name, book.fractions) == (
         "instruction-data",
         128,
         "alpaca",
-        (0.85, 0.10),
+        {"train": 0.85, "test": 0.10},
     )
     alpaca = compose_data("+data=alpaca")
     assert (alpaca.path, alpaca.max_length, alpaca.batch_size) == ("hf:tatsu-lab/alpaca", 512, 4)
