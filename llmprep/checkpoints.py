@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from llmprep.data.sources import DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, cache_dir
+from llmprep.data.sources import DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, cache_dir, offline
 from llmprep.errors import CheckpointError
 from llmprep.files import atomic_path
 
@@ -40,10 +40,11 @@ def local_checkpoint(path: str | Path, setting: str) -> Path:
     target = cache_dir() / "checkpoints" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if target.is_file():
         return target
-    if os.environ.get(OFFLINE_ENV) == "1":
+    if offline():
         raise CheckpointError(
-            f"{setting}={url!r}: not in the cache ({target}) and {OFFLINE_ENV}=1 forbids "
-            "downloading it; download it yourself and give its local path"
+            f"{setting}={url!r}: not in the cache ({target}) and "
+            f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids downloading it; download it "
+            "yourself and give its local path"
         )
     try:
         with (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tiktoken
 
-from llmprep.data.sources import OFFLINE_ENV
+from llmprep.data.sources import OFFLINE_ENV, offline
 from llmprep.errors import UserError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -46,11 +46,12 @@ def load_encoding(name: str) -> tiktoken.Encoding:
     """``tiktoken.get_encoding(name)``, failing with one clear line when its files are missing."""
     missing = [url for url in FILES.get(name, ()) if not _cached(url).is_file()]
     where = f"{CACHE_ENV}={os.environ.get(CACHE_ENV, '')!r} (looked in {tiktoken_cache()})"
-    if missing and os.environ.get(OFFLINE_ENV) == "1":
+    if missing and offline():
         raise TokenizerError(
             f"the {name} tokenizer needs {missing[0].rsplit('/', 1)[1]} ({missing[0]}), which is "
-            f"not in {where} as {_cached(missing[0]).name}, and {OFFLINE_ENV}=1 forbids "
-            f"downloading it: point {CACHE_ENV} at a folder holding tiktoken's cache files"
+            f"not in {where} as {_cached(missing[0]).name}, and "
+            f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids downloading it: point {CACHE_ENV} "
+            "at a folder holding tiktoken's cache files"
         )
     try:
         return tiktoken.get_encoding(name)

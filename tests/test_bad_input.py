@@ -59,6 +59,10 @@ CONFIG_CASES = {
     "batch size zero": (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
     "stride zero": (["data.stride=0"], ["data.stride=0", ">= 1 or null"]),
     "lora rank negative": (["lora.rank=-1"], ["lora.rank=-1", ">= 0"]),
+    "answer length zero": (
+        ["stage=instruct", "init_from=null", "stage.generation.max_new_tokens=0"],
+        ["stage.generation.max_new_tokens=0", ">= 1"],
+    ),
     "unknown stage in registry": (["stage.name=distill"], ["stage.name='distill'", "pretrain"]),
 }
 

@@ -33,6 +33,12 @@ DOWNLOAD_TIMEOUT_S = 60.0
 _GLOB_CHARS = frozenset("*?[")
 
 
+def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE``, the project-wide offline switch, forbids downloads; it is
+    read as ``huggingface_hub`` reads it (1, true, yes or on, in any case)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 class SourceError(UserError, RuntimeError):
     """A data source could not be resolved to a checked local file."""
 
@@ -180,7 +186,7 @@ def _download(source: Source) -> Path:
     memory. ``HF_HUB_OFFLINE``, the project-wide offline switch, forbids it.
     """
     missing = f"not in the cache nor in {MIRROR_ENV} ({os.environ.get(MIRROR_ENV) or 'unset'})"
-    if os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+    if offline():
         raise _error(source, f"{missing}, and {OFFLINE_ENV} forbids a download")
     target = cache_dir() / "sources" / source.filename
     try:

@@ -69,6 +69,11 @@ RULES = (
     Rule("lora.dropout", 0, real=True),
     Rule("hardware.threads", 1, nullable=True),
     Rule("eval.batch_size", 1),
+    Rule("stage.generation.max_new_tokens", 1),
+    Rule("stage.generation.temperature", 0, real=True),
+    Rule("stage.generation.top_k", 1, nullable=True),
+    Rule("stage.generation.limit", 0, nullable=True),
+    Rule("stage.generation.batch_size", 1),
 )
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn")

@@ -9,6 +9,7 @@ answers are saved.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llmprep.errors import ConfigError
 from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.instruct.data import InstructDataModule
@@ -83,6 +85,12 @@ def report(
     task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
     generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
     limit = generation.pop("limit", None)
+    if (
+        unknown := set(generation)
+        - set(inspect.signature(task.respond).parameters)
+        - {"records", "generator"}
+    ):
+        raise ConfigError(f"stage.generation: unknown key(s) {', '.join(sorted(unknown))}")
     if trainer.fast_dev_run:
         runs = int(trainer.fast_dev_run)
         limit = runs if limit is None else min(runs, limit)

@@ -148,3 +148,12 @@ def test_a_checkpoint_of_another_stage_is_refused(compose_run, run: Path, tmp_pa
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="trained by stage 'pretrain'"):
         evaluate(compose_run("stage=instruct", f"ckpt_path={other}", config_name="evaluate"), other)
+
+
+def test_an_unknown_generation_key_is_named(compose_run, run: Path) -> None:
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = compose_run(
+        "stage=instruct", f"ckpt_path={ckpt}", "+stage.generation.beams=4", config_name="evaluate"
+    )
+    with pytest.raises(ValueError, match=r"stage.generation: unknown key\(s\) beams"):
+        evaluate(cfg, ckpt)
