@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llmprep.errors import ConfigError
+from llmprep.model.config import is_int, is_number
 
 _ABSENT = object()
 
@@ -33,10 +34,10 @@ class Rule:
     def check(self, value: Any) -> None:
         if value is None and self.nullable:
             return
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        is_real = is_int or (isinstance(value, float) and math.isfinite(value))
-        in_range = (value > self.low if self.strict else value >= self.low) if is_real else False
-        if not (is_int or (self.real and is_real)) or not in_range:
+        integer = is_int(value)
+        finite = is_number(value) and math.isfinite(value)
+        in_range = (value > self.low if self.strict else value >= self.low) if finite else False
+        if not (integer or (self.real and finite)) or not in_range:
             kind = "a number" if self.real else "an integer"
             bound = f"{'>' if self.strict else '>='} {self.low:g}"
             null = " or null" if self.nullable else ""
@@ -93,7 +94,7 @@ def validate_config(cfg: DictConfig) -> None:
         if not (
             isinstance(values, list)
             and len(values) == 2
-            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in values)
+            and all(is_number(b) for b in values)
             and all(0 <= b < 1 for b in values)
         ):
             raise ConfigError(f"optim.betas={values!r}: expected two numbers in [0, 1)")
