@@ -72,18 +72,14 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
             f"ckpt_path={ckpt_path!r} was trained by stage {trained!r}: resume it with "
             f"stage={trained}, not stage={cfg.stage.name}"
         )
-    stored, built = (
-        ", ".join(f"{k}={values.get(k)}" for k in ARCH_KEYS)
-        for values in (
-            ckpt["hyper_parameters"].get("model_config", {}),
-            task.hparams["model_config"],
-        )
-    )
-    if stored != built:
+    stored = ckpt["hyper_parameters"].get("model_config", {})
+    built = task.hparams["model_config"]
+    if any(stored.get(k) != built.get(k) for k in ARCH_KEYS):
         name = config.get("model", {}).get("name")
+        shapes = [", ".join(f"{k}={c.get(k)}" for k in ARCH_KEYS) for c in (stored, built)]
         raise CheckpointError(
-            f"ckpt_path={ckpt_path!r} holds a {name} ({stored}) but this run builds "
-            f"model={cfg.model.name} ({built}): resume it with model={name}"
+            f"ckpt_path={ckpt_path!r} holds a {name} ({shapes[0]}) but this run builds "
+            f"model={cfg.model.name} ({shapes[1]}): resume it with model={name}"
         )
     return local_checkpoint(ckpt_path, "ckpt_path")
 
