@@ -78,7 +78,7 @@ class InstructTask(GPTTask):
             {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
             for r in records
         ]
-        prompts = [self.style.format_example(row)[0] for row in rows]
+        prompts = [self.style.format_prompt(row["instruction"], row["input"]) for row in rows]
         ids = self.tokenizer.encode_ordinary_batch(prompts) if prompts else []
         texts = self.continuations(ids, max_new_tokens, temperature, top_k, batch_size, generator)
         return [
