@@ -217,6 +217,7 @@ def _segments(files: Sequence[Path], chunk_chars: int) -> Iterator[str | None]:
                     first = False
                     yield from head
                     yield from chunks
+                    break
 
 
 def _documents(file: Path, chunk_chars: int) -> Iterator[Iterable[str]]:

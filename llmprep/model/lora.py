@@ -303,7 +303,10 @@ def save_lora(lora: LoraRun | None, checkpoint: dict[str, Any]) -> None:
         for key in [k for k in state if k.startswith(PREFIX)]:
             if key[len(PREFIX) :] not in lora.stored:
                 del state[key]
-    settings = dataclasses.asdict(lora.settings) | {"targets": list(lora.settings.targets or ())}
+    targets = lora.settings.targets
+    settings = dataclasses.asdict(lora.settings) | {
+        "targets": None if targets is None else list(targets)
+    }
     checkpoint[CHECKPOINT_KEY] = {**settings, "base": lora.base}
 
 
