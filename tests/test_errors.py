@@ -39,3 +39,4 @@ def test_a_run_prints_each_line_once_without_library_noise(tmp_path):
     # 128-token windows): 2 x (2 x 12 x 64^2 block weights + 64 x 50257 head + 2 x 2 x 128 x 64
     # attention) = 6,695,040 per token, x 128 tokens = 857 M, shown as 856 M (Lightning truncates).
     assert "Total FLOPs: 856 M" in console
+    assert "run eta: " in console  # the training bar's ETA of the whole run
