@@ -14,7 +14,8 @@ Decision: the files are built from the ranks (not copied from tiktoken's cache o
 whatever files tiktoken read it from. ``tokenizer.json`` (the ``tokenizers`` library's file,
 which ``transformers`` loads first) is written beside ``vocab.json`` + ``merges.txt`` (which
 older loaders and the slow tokenizer read). ``clean_up_tokenization_spaces`` is off, so decoding
-gives back tiktoken's text exactly (the clean-up would turn ``" ,"`` into ``","``).
+gives back tiktoken's text exactly also in ``transformers`` 4, whose clean-up turns ``" ,"`` into
+``","`` (version 5 never applies it to a BPE tokenizer).
 """
 
 from __future__ import annotations
