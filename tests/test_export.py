@@ -135,21 +135,43 @@ def our_greedy_text(ckpt: Path, prompt: str, max_new_tokens: int) -> str:
     return task.continuations([get_tokenizer().encode(prompt)], max_new_tokens)[0]
 
 
-def test_exported_folder_generates_our_greedy_text_in_a_transformers_pipeline(tmp_path: Path):
-    """Offline (conftest sets ``HF_HUB_OFFLINE=1``): the folder alone is the whole model."""
+@pytest.fixture(scope="module")
+def gpt2_vocab_ckpt(folder: Path) -> Path:
+    """A pretrain checkpoint of a tiny GPT with GPT-2's whole vocabulary, trained one step."""
     config = model_size("gpt2-tiny", context_length=32)
     torch.manual_seed(0)
     task = PretrainTask(run_config(model=config), asdict(config))
     ids = torch.randint(0, config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-    ckpt = fit_checkpoint(task, tmp_path / "lm.ckpt", ids, steps=1)
+    return fit_checkpoint(task, folder / "gpt2_vocab.ckpt", ids, steps=1)
+
+
+def test_exported_folder_generates_our_greedy_text_in_a_transformers_pipeline(
+    gpt2_vocab_ckpt: Path, tmp_path: Path
+):
+    """Offline (conftest sets ``HF_HUB_OFFLINE=1``): the folder alone is the whole model."""
     out = tmp_path / "hf"
-    assert main([f"ckpt_path={ckpt}", f"out_dir={out}"]) == 0
+    assert main([f"ckpt_path={gpt2_vocab_ckpt}", f"out_dir={out}"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(HF_FOLDER)
     generator = pipeline("text-generation", model=str(out), device="cpu")
     hf = generator(PROMPT, do_sample=False, max_new_tokens=12, return_full_text=False)
-    ours = our_greedy_text(ckpt, PROMPT, 12)
+    ours = our_greedy_text(gpt2_vocab_ckpt, PROMPT, 12)
     assert ours.strip()  # the pipeline without tokenizer files returned no new text
     assert hf[0]["generated_text"] == ours
+
+
+def test_export_without_tiktoken_files_names_them_and_writes_nothing(
+    gpt2_vocab_ckpt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hf"
+    assert main([f"ckpt_path={gpt2_vocab_ckpt}", f"out_dir={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "error: the gpt2 tokenizer needs vocab.bpe" in err and "TIKTOKEN_CACHE_DIR" in err
+    assert not out.exists()
 
 
 def test_lora_classifier_exports_with_its_head_and_labels(base_ckpt: Path, folder: Path):
