@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import asdict
@@ -18,14 +19,17 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, open_dict, read_write
 
 from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
-from llmprep.errors import CheckpointError
+from llmprep.errors import CheckpointError, ConfigError
 from llmprep.model.init import ARCH_KEYS, build_model
+from llmprep.resume import check_changes, describe_changes
 from llmprep.stages import evaluator, get_stage, task_class
-from llmprep.training.config import plain_config
+from llmprep.training.config import plain_config, redact
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
+
+log = logging.getLogger(__name__)
 
 
 def pin_worker_command() -> None:
@@ -63,9 +67,11 @@ def build_trainer(cfg: DictConfig, output_dir: Path, logger: Logger | None) -> L
 
 def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) -> Path:
     """The local file to resume from, checked before fitting: an llmprep checkpoint of this
-    stage and of the architecture this run builds (a mismatch names both model sizes)."""
+    stage and of the architecture this run builds, resumed with the values the command line
+    changes logged and those it may not change refused (see :mod:`llmprep.resume`)."""
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     config = run_config(ckpt, ckpt_path, "ckpt_path")
+    changes = check_changes(ckpt_path, ckpt, HydraConfig.get().overrides.task)
     trained = config["stage"].get("name")
     if trained != cfg.stage.name:
         raise CheckpointError(
@@ -81,6 +87,13 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
             f"ckpt_path={ckpt_path!r} holds a {name} ({shapes[0]}) but this run builds "
             f"model={cfg.model.name} ({shapes[1]}): resume it with model={name}"
         )
+    log.info(
+        "Resuming %s (step %d, epoch %d) with its run's settings; %s",
+        ckpt_path,
+        ckpt.get("global_step", 0),
+        ckpt.get("epoch", 0),
+        describe_changes(changes),
+    )
     return local_checkpoint(ckpt_path, "ckpt_path")
 
 
@@ -105,6 +118,7 @@ def build_task(
         **datamodule.task_settings(),
     )
     task.run_config = config
+    task.run_overrides = redact(list(HydraConfig.get().overrides.task))
     return task, datamodule
 
 
@@ -149,6 +163,11 @@ def train(cfg: DictConfig) -> float | None:
 
 def run_evaluation(cfg: DictConfig) -> Any:
     """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
+    if cfg.ckpt_path is None:
+        raise ConfigError(
+            "ckpt_path is required: the checkpoint to evaluate, e.g. python evaluate.py "
+            "ckpt_path=outputs/pretrain/<day>/<time>/checkpoints/best.ckpt"
+        )
     validate_config(cfg)
     apply_threads(cfg.hardware)
     return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())
