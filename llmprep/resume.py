@@ -37,6 +37,7 @@ checkpoint that cannot be read is left to the run, which names the problem.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import pickle
 import re
@@ -64,6 +65,7 @@ FIXED_KEYS = ("stage", "model", "lora")
 """Keys (with ``lora.*`` and the model's architecture keys) whose value a resumed run must
 keep: they shape the stored weights."""
 _UNSET = object()
+log = logging.getLogger(__name__)
 _NOW = re.compile(r"\$\{now:[^}]*\}")
 
 
@@ -161,11 +163,24 @@ def check_changes(
     return changes
 
 
-def describe_changes(changes: Sequence[tuple[str, str, str]]) -> str:
-    """``key: before → after, ...`` or a note that nothing changes."""
-    if not changes:
-        return "no command-line value changes its settings"
-    return "the command line changes " + ", ".join(f"{k}: {a} → {b}" for k, a, b in changes)
+def announce_resume(ckpt_path: str, overrides: Sequence[str]) -> None:
+    """Before a resumed run builds anything: refuse a command-line change of a fixed key and log
+    the values the command line changes (``key: before → after``). A checkpoint that cannot be
+    read is left to :func:`llmprep.run.resume_checkpoint`, which names the problem."""
+    from llmprep.checkpoints import local_checkpoint
+
+    ckpt = read_stored(local_checkpoint(ckpt_path, "ckpt_path"))
+    if ckpt is None:
+        return
+    changes = check_changes(ckpt_path, ckpt, overrides)
+    said = ", ".join(f"{key}: {before} → {after}" for key, before, after in changes)
+    log.info(
+        "Resuming %s (step %d, epoch %d) with its run's settings; %s",
+        ckpt_path,
+        ckpt.get("global_step", 0),
+        ckpt.get("epoch", 0),
+        f"the command line changes {said}" if said else "the command line changes none of them",
+    )
 
 
 def finished_limit(ckpt: Mapping[str, Any], trainer: Mapping[str, Any]) -> str | None:
@@ -279,13 +294,23 @@ def _resume_overrides(
         return added if "stage" in given or not stage else [*added, f"stage={stage}"]
     stored = _parse(stored_overrides(ckpt))
     carried = [o.input_line for key, o in stored.items() if key not in given]
-    if not (sweep or args.cfg or args.info):
+    if not (sweep or args.cfg or args.info or _refused(ckpt, given)):
         composed = [*carried, *added, *(o.input_line for k, o in given.items() if _carried(k))]
         trainer = _compose(config_dir, config_name, composed).trainer
         limit = finished_limit(ckpt, OmegaConf.to_container(trainer, resolve=True))
         if limit is not None:
             _finished(str(ckpt_path.value()), ckpt, limit)
     return [*carried, *added]
+
+
+def _refused(ckpt: Mapping[str, Any], given: Mapping[str, Override]) -> bool:
+    """True when the run will refuse the command (:func:`check_changes`): it says why, even
+    for a finished run."""
+    try:
+        check_changes("", ckpt, [o.input_line for o in given.values()])
+    except CheckpointError:
+        return True
+    return False
 
 
 def _finished(ckpt_path: str, ckpt: Mapping[str, Any], limit: str) -> None:

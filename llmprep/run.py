@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import asdict
@@ -21,15 +20,13 @@ from omegaconf import DictConfig, open_dict, read_write
 from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
 from llmprep.errors import CheckpointError, ConfigError
 from llmprep.model.init import ARCH_KEYS, build_model
-from llmprep.resume import check_changes, describe_changes
+from llmprep.resume import announce_resume
 from llmprep.stages import evaluator, get_stage, task_class
 from llmprep.training.config import plain_config, redact
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
-
-log = logging.getLogger(__name__)
 
 
 def pin_worker_command() -> None:
@@ -67,11 +64,9 @@ def build_trainer(cfg: DictConfig, output_dir: Path, logger: Logger | None) -> L
 
 def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) -> Path:
     """The local file to resume from, checked before fitting: an llmprep checkpoint of this
-    stage and of the architecture this run builds, resumed with the values the command line
-    changes logged and those it may not change refused (see :mod:`llmprep.resume`)."""
+    stage and of the architecture this run builds (a mismatch names both model sizes)."""
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     config = run_config(ckpt, ckpt_path, "ckpt_path")
-    changes = check_changes(ckpt_path, ckpt, HydraConfig.get().overrides.task)
     trained = config["stage"].get("name")
     if trained != cfg.stage.name:
         raise CheckpointError(
@@ -87,13 +82,6 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
             f"ckpt_path={ckpt_path!r} holds a {name} ({shapes[0]}) but this run builds "
             f"model={cfg.model.name} ({shapes[1]}): resume it with model={name}"
         )
-    log.info(
-        "Resuming %s (step %d, epoch %d) with its run's settings; %s",
-        ckpt_path,
-        ckpt.get("global_step", 0),
-        ckpt.get("epoch", 0),
-        describe_changes(changes),
-    )
     return local_checkpoint(ckpt_path, "ckpt_path")
 
 
@@ -140,6 +128,8 @@ def train(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg.logger, cfg.stage.name, output_dir, job_num, config)
     failed = True
     try:
+        if cfg.ckpt_path:
+            announce_resume(cfg.ckpt_path, hydra_cfg.overrides.task)
         task, datamodule = build_task(cfg, output_dir, config)
         trainer = build_trainer(cfg, output_dir, logger)
         resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
