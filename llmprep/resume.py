@@ -123,7 +123,8 @@ def stored_overrides(ckpt: Mapping[str, Any]) -> list[str]:
 
 def checkpoint_value(key: str, carried: Mapping[str, Override], config: Mapping[str, Any]) -> Any:
     """What the checkpoint's run had at ``key``: its override's value, else its stored config's
-    value (a group's ``name``), else ``_UNSET``."""
+    value (a group's ``name``), else ``_UNSET`` (shown as ``default``: a group without a name,
+    a key the run did not have)."""
     if key in carried:
         return carried[key].value()
     value = OmegaConf.select(OmegaConf.create(dict(config)), key.split("@")[0], default=_UNSET)
@@ -151,7 +152,7 @@ def check_changes(
         before = checkpoint_value(key, carried, ckpt["config"])
         if before == override.value():
             continue
-        shown = "unset" if before is _UNSET else _text(carried[key]) if key in carried else before
+        shown = "default" if before is _UNSET else _text(carried[key]) if key in carried else before
         if _fixed(key):
             raise CheckpointError(
                 f"{override.input_line} cannot change on resume: ckpt_path={ckpt_path!r} was "
@@ -286,7 +287,9 @@ def _resume_overrides(
     ckpt_path = given.get("ckpt_path")
     if ckpt_path is None or ckpt_path.is_sweep_override() or not ckpt_path.value():
         return added
-    ckpt = read_stored(str(ckpt_path.value()))
+    from llmprep.checkpoints import local_checkpoint
+
+    ckpt = read_stored(local_checkpoint(str(ckpt_path.value()), "ckpt_path"))
     if ckpt is None:
         return added
     if config_name != "train":
