@@ -130,3 +130,20 @@ def test_a_checkpoint_without_stored_overrides_gives_its_stage_and_model(cli, fi
     assert composed["model"]["name"] == "gpt2-tiny" and composed["model"]["n_layers"] == 2
     assert composed["stage"]["name"] == "pretrain"
     assert composed["trainer"]["max_steps"] == 3
+
+
+def test_a_resume_never_carries_secrets_hydra_settings_or_what_to_resume():
+    from llmprep.resume import stored_overrides
+
+    ckpt = {
+        "config": {"stage": {"name": "pretrain"}},
+        "overrides": [
+            "model=gpt2-tiny",
+            "+judge.api_key=<redacted>",
+            "hydra.job.chdir=true",
+            "ckpt_path=old/last.ckpt",
+            "resume=auto",
+            "optim.lr=1e-4",
+        ],
+    }
+    assert stored_overrides(ckpt) == ["model=gpt2-tiny", "optim.lr=1e-4"]
