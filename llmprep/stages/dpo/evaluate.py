@@ -116,7 +116,8 @@ def report(
     write_json_atomically(responses_file, rows)
     results["responses"] = {"file": str(responses_file), "count": len(rows)}
     write_json_atomically(eval_file, results)
-    print(f"\nthe tuned model and its reference answered {len(rows)} test records: {responses_file}")
+    print(f"\n{len(rows)} test records answered by the tuned model and the reference:")
+    print(f"  {responses_file}")
     for row in rows[:3]:
         print(f"- {row['instruction']!r}\n  tuned:     {row['model_response']!r}")
         print(f"  reference: {row['reference_response']!r}")

@@ -110,6 +110,7 @@ class DPOTask(InstructTask):
         model: GPT | None = None,
         prompt_style: str = "alpaca",
     ) -> None:
+        settings = DPOSettings.from_stage(config["stage"])
         self_copy = not (config.get("lora") or {}).get("rank", 0)
         reference = None
         if self_copy:
@@ -117,7 +118,7 @@ class DPOTask(InstructTask):
                 copy.deepcopy(model) if model is not None else GPT(GPTConfig(**model_config))
             )
         super().__init__(config, model_config, model, prompt_style)
-        self.settings = DPOSettings.from_stage(config["stage"])
+        self.settings = settings
         self.reference = reference
         if reference is not None:
             reference.requires_grad_(False)

@@ -121,7 +121,7 @@ def test_renamed_fields_and_no_input_or_output(tmp_path: Path) -> None:
         "chosen": rows[17]["good"],
         "rejected": rows[17]["bad"],
     }
-    with pytest.raises(ValueError, match="data.fields.chosen must name a key"):
+    with pytest.raises(ValueError, match=r"data\.fields\.chosen must name a key"):
         field_names({"chosen": None})
     with pytest.raises(ValueError, match="unknown field 'preferred'"):
         field_names({"preferred": "x"})
