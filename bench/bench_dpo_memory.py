@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from bench_lora_memory import SETTINGS, peak_rss_mib  # noqa: E402
+from bench_lora_memory import SETTINGS, peak_rss_mib
 
 SHOWN = ("plain", "checkpointing, MALLOC_MMAP_THRESHOLD_=1MiB")
 """The settings of bench_lora_memory.py measured here."""
