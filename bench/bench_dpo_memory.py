@@ -26,6 +26,9 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
 from bench_lora_memory import SETTINGS, peak_rss_mib
 

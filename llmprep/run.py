@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from llmprep.model.init import ARCH_KEYS, build_model
 from llmprep.stages import evaluator, get_stage, task_class
 from llmprep.training.config import plain_config
 from llmprep.training.hardware import apply_threads, trainer_kwargs
+from llmprep.training.interrupts import GracefulStop
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
@@ -129,7 +131,9 @@ def train(cfg: DictConfig) -> float | None:
         task, datamodule = build_task(cfg, output_dir, config)
         trainer = build_trainer(cfg, output_dir, logger)
         resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        stops = [c for c in trainer.callbacks if isinstance(c, GracefulStop)]
+        with stops[0].handling_signals(trainer) if stops else contextlib.nullcontext():
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         callback = trainer.checkpoint_callback
         if cfg.test_after_fit:
             # The stage's report (evaluate.py's code) on the best checkpoint, else (e.g.

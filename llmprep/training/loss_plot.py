@@ -79,6 +79,11 @@ class LossPlot(L.Callback):
         if trainer.is_global_zero and self.train:
             plot_losses(self.train, self.val, self.path, self.extras)
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_fit_end(trainer, pl_module)  # an interrupted run keeps its plot too
+
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "val": self.val, "extras": self.extras}
 
