@@ -8,7 +8,7 @@ depend on the values), then Lightning fits a few steps of synthetic preference b
 markdown table: the peak after building the task, the peak over training, LoRA's ratio, and the
 seconds per step.
 
-Full fine-tuning holds two models (the policy and its frozen reference, 0.65 GB each in float32)
+Full fine-tuning holds two models (the policy and its frozen reference, 0.5 GB each in float32)
 plus gradients and AdamW's two moments of the policy; LoRA holds one model, and gradients and
 moments of the adapters only. Activations are the same for both. The second setting adds
 activation checkpointing and ``MALLOC_MMAP_THRESHOLD_=1MiB`` (see bench_lora_memory.py: with it

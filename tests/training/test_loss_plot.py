@@ -66,3 +66,46 @@ def test_training_losses_are_the_task_losses_under_gradient_accumulation(tmp_pat
     trainer.fit(task, DataLoader(data, batch_size=2))
     assert len(task.computed) == 6
     assert [loss for _, _, loss in plot.train] == pytest.approx(task.computed, rel=1e-6)
+
+
+class WithMargin(Regression):
+    """Returns a second figure beside the loss and validates both, as the DPO task does."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return {"loss": loss, "margin": torch.tensor(float(batch_idx)), "vector": torch.ones(2)}
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", 1.5)
+        self.log("val/margin", 0.25)
+
+
+def test_other_scalars_a_training_step_returns_get_a_panel_of_their_own(tmp_path):
+    inputs = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(inputs, inputs.sum(dim=1, keepdim=True)), batch_size=2)
+    plot = LossPlot(tmp_path / "loss.png")
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        callbacks=[plot],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(WithMargin(), data, data)
+    train, val = plot.extras["margin"]
+    assert list(plot.extras) == ["margin"]  # the loss has its own panel; non-scalars are left out
+    assert [(tokens, value) for tokens, _, value in train] == [
+        (1, 0.0),
+        (2, 1.0),
+        (3, 2.0),
+        (4, 3.0),
+    ]
+    assert [value for _, _, value in val] == [0.25]
+    again = LossPlot(tmp_path / "loss.png")
+    again.load_state_dict(plot.state_dict())
+    assert again.extras == plot.extras
+    alone = plot_losses(plot.train, plot.val, tmp_path / "alone.png")
+    assert mpimg.imread(tmp_path / "loss.png").shape[0] > mpimg.imread(alone).shape[0]
