@@ -16,7 +16,8 @@ from llmprep.files import atomic_path
 
 
 class LossPlot(L.Callback):
-    """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
+    """Records losses while fitting and writes ``loss.png`` at the end (or when fitting stops
+    early), like the book's ch. 5 plot.
 
     The training curve holds the loss of each batch as the task computed it: under automatic
     optimization Lightning hands ``on_train_batch_end`` that loss divided by
@@ -59,6 +60,12 @@ class LossPlot(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.train:
             plot_losses(self.train, self.val, self.path)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A run stopped early (Ctrl-C, SIGTERM, an error) plots what it trained too."""
+        self.on_fit_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "val": self.val}
