@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, open_dict, read_write
 
-from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
+from llmprep.checkpoints import local_checkpoint, read_checkpoint, require_resumable, run_config
 from llmprep.errors import CheckpointError
 from llmprep.model.init import ARCH_KEYS, build_model
 from llmprep.stages import evaluator, get_stage, task_class
@@ -70,6 +70,7 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
     stage and of the architecture this run builds (a mismatch names both model sizes)."""
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     config = run_config(ckpt, ckpt_path, "ckpt_path")
+    require_resumable(ckpt, ckpt_path)
     trained = config["stage"].get("name")
     if trained != cfg.stage.name:
         raise CheckpointError(
