@@ -7,7 +7,7 @@ from conftest import model_size
 from torch import nn
 
 from llmprep.model import GPT
-from llmprep.model.generate import equal_length_batches, generate
+from llmprep.model.generate import generate
 
 VOCAB = 101
 
@@ -31,7 +31,7 @@ class Successor(nn.Module):
         self.config = SimpleNamespace(context_length=64)
         self.vocab = vocab
 
-    def forward(self, idx: torch.Tensor, kv_cache: object = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: object = None, **_: object) -> torch.Tensor:
         return 10.0 * F.one_hot((idx + 1) % self.vocab, self.vocab).float()
 
 
@@ -43,7 +43,7 @@ class Fixed(nn.Module):
         self.config = SimpleNamespace(context_length=64)
         self.logits = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
 
-    def forward(self, idx: torch.Tensor, kv_cache: object = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: object = None, **_: object) -> torch.Tensor:
         return self.logits.expand(*idx.shape, 4)
 
 
@@ -159,9 +159,3 @@ def test_cache_feeds_one_token_a_step_then_slides_the_window(model: GPT) -> None
     finally:
         hook.remove()
     assert fed == [14, 1, 1, 16, 16]
-
-
-def test_equal_length_batches_group_lengths_and_cap_the_batch() -> None:
-    assert equal_length_batches([5, 3, 5, 5, 3, 7], 2) == [[0, 2], [3], [1, 4], [5]]
-    with pytest.raises(ValueError, match="batch_size must be positive"):
-        equal_length_batches([1], 0)
