@@ -10,7 +10,10 @@ way. Anything else is a bug and keeps its traceback.
 Every log line of ``train.py`` and ``evaluate.py`` goes once through Hydra's handlers (console
 and the run's log file): the console handlers that :data:`LIBRARY_LOGGERS` add when imported
 before logging is configured, which print each line a second time (outside the log file, or to
-a stream gone by the next run in the same process), are removed.
+a stream gone by the next run in the same process), are removed. Lines that say nothing about
+the run are dropped (:data:`NOISE`): Lightning's advertisements for its cloud loggers, its note
+that our model summary replaces its own, and torch's deprecation warning about Lightning's
+pytree helper.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +37,27 @@ LIBRARY_LOGGERS = (
     "huggingface_hub",
 )
 
+NOISE = (
+    "💡 Tip: ",
+    "Trainer already configured with model summary callbacks",
+)
+"""Starts of library log lines that are dropped: they advertise or explain Lightning itself."""
+
 T = TypeVar("T")
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(NOISE)
+
+
+def quiet_libraries() -> None:
+    """Drop the :data:`NOISE` log lines (at Hydra's handlers, where every line ends up) and
+    the deprecation warning torch raises for Lightning's pytree helper (``isinstance(treespec,
+    LeafSpec)``) once per run."""
+    for handler in logging.getLogger().handlers:
+        if _not_noise not in handler.filters:
+            handler.addFilter(_not_noise)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class UserError(Exception):
@@ -67,6 +91,7 @@ def report_user_errors(command: Callable[[], T], log: logging.Logger) -> T:
     """Run ``command`` with the library log lines routed to Hydra's handlers (see the module
     docstring); a user error is logged as one line (console and the run's log file) and ends the
     process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback."""
+    quiet_libraries()
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):

@@ -19,8 +19,8 @@ import re
 import secrets
 import socket
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_paths(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
+    """``atomic_path`` for several files at once: a temporary file for each of ``paths``, all
+    renamed onto their targets only once the block has written every one (and none if it
+    fails), so a folder never gets some of a new set of files for want of the others."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path)) for path in paths]
+
+
+def json_text(data: Any) -> str:
+    """``data`` as the indented JSON text, with a final newline, that our JSON files hold."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json_atomically(path: str | Path, data: Any) -> Path:
-    """``data`` as indented UTF-8 JSON with a final newline, replacing ``path``; returns it."""
+    """``data`` as indented UTF-8 JSON (``json_text``), replacing ``path``; returns it."""
     path = Path(path)
     with atomic_path(path) as temp:
-        temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        temp.write_text(json_text(data), encoding="utf-8")
     return path
 
 

@@ -150,4 +150,5 @@ def train(cfg: DictConfig) -> float | None:
 def run_evaluation(cfg: DictConfig) -> Any:
     """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
     validate_config(cfg)
+    apply_threads(cfg.hardware)
     return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())

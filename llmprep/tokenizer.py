@@ -38,18 +38,19 @@ def tiktoken_cache() -> Path:
     return Path(folder or Path(tempfile.gettempdir()) / "data-gym-cache")
 
 
-def _cached(url: str) -> Path:
+def cache_file(url: str) -> Path:
+    """The file tiktoken caches ``url`` as (named by the sha1 of the URL)."""
     return tiktoken_cache() / hashlib.sha1(url.encode()).hexdigest()
 
 
 def load_encoding(name: str) -> tiktoken.Encoding:
     """``tiktoken.get_encoding(name)``, failing with one clear line when its files are missing."""
-    missing = [url for url in FILES.get(name, ()) if not _cached(url).is_file()]
+    missing = [url for url in FILES.get(name, ()) if not cache_file(url).is_file()]
     where = f"{CACHE_ENV}={os.environ.get(CACHE_ENV, '')!r} (looked in {tiktoken_cache()})"
     if missing and offline():
         raise TokenizerError(
             f"the {name} tokenizer needs {missing[0].rsplit('/', 1)[1]} ({missing[0]}), which is "
-            f"not in {where} as {_cached(missing[0]).name}, and "
+            f"not in {where} as {cache_file(missing[0]).name}, and "
             f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids downloading it: point {CACHE_ENV} "
             "at a folder holding tiktoken's cache files"
         )

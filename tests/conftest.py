@@ -77,15 +77,19 @@ def model_size(name: str, **overrides: object) -> GPTConfig:
     return model_config_from({**_model_group(name), **overrides})
 
 
-def run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python <script> <args>`` from the repo root as a user would, capturing its output."""
+def run_cli(
+    script: str, *args: str, timeout: int = 300, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``python <script> <args>`` from the repo root as a user would, capturing its output;
+    ``unset`` names environment variables the command runs without."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, script, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**env, "PYTHONUNBUFFERED": "1"},
     )
 
 

@@ -63,6 +63,11 @@ CONFIG_CASES = {
         ["stage=instruct", "init_from=null", "stage.generation.max_new_tokens=0"],
         ["stage.generation.max_new_tokens=0", ">= 1"],
     ),
+    "dpo beta zero": (["stage=dpo", "stage.beta=0"], ["stage.beta=0", "number > 0"]),
+    "dpo logprob unknown": (
+        ["stage=dpo", "stage.logprob=max"],
+        ["stage.logprob must be mean or sum", "'max'"],
+    ),
     "unknown stage in registry": (["stage.name=distill"], ["stage.name='distill'", "pretrain"]),
 }
 
@@ -98,6 +103,17 @@ def test_a_bad_record_names_file_record_and_field(cli, tmp_path):
     fails_cleanly(
         cli, tmp_path, "train.py", *TINY, *args, expected=(str(data), "record 3", "output")
     )
+
+
+def test_a_preference_record_without_rejected_names_file_record_and_field(cli, tmp_path):
+    records = [{"instruction": f"Say {i}.", "chosen": f"{i}", "rejected": "no"} for i in range(20)]
+    del records[5]["rejected"]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    args = ("stage=dpo", "data=preference_file", f"data.path={data}", "data.fields.input=null")
+    args += ("data.fields.output=null",)
+    expected = (str(data), "record 5", "rejected")
+    fails_cleanly(cli, tmp_path, "train.py", *TINY, *args, expected=expected)
 
 
 def test_a_named_source_missing_from_mirror_and_network_is_named(cli, tmp_path, monkeypatch):

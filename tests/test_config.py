@@ -67,3 +67,18 @@ def test_invalid_values_are_refused(fields: dict, message: str) -> None:
 def test_asdict_round_trips() -> None:
     config = model_size("gpt2-tiny", qkv_bias=True, dropout=0.2)
     assert GPTConfig.from_dict(asdict(config)) == config
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_help_says_what_the_command_does_with_its_options_and_examples(cli, script) -> None:
+    result = cli(script, "--help")
+    assert result.code == 0
+    assert "powered by Hydra" not in result.out
+    assert result.out.startswith(f"python {script} ")
+    assert result.out.count(f"  python {script} ") == 5  # five example commands
+    assert f'eval "$(python {script} -sc install=bash)"' in result.out
+    if script == "train.py":
+        stages = sorted(p.stem for p in (ROOT / "conf" / "stage").glob("*.yaml"))
+        assert f"stage: {', '.join(stages)}" in result.out
+    else:
+        assert "ckpt_path" in result.out and "eval.judge" in result.out

@@ -8,27 +8,41 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fit_checkpoint
+from conftest import fit_checkpoint, model_size
 from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+from transformers import GPT2LMHeadModel, pipeline
 
 from llmprep.export import export_classifier, main
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import build_model
 from llmprep.stages.pretrain.task import PretrainTask
+from llmprep.tokenizer import get_tokenizer
 from llmprep.training.task import GPTTask
 
 TINY = GPTConfig(vocab_size=101, context_length=32, emb_dim=32, n_layers=2, n_heads=2)
 LABELS = ["ham", "spam"]
 FILES = ("config.json", "model.safetensors")
+HF_FOLDER = (
+    *FILES,
+    "generation_config.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+)
+"""What the export of a model with GPT-2's vocabulary holds."""
+PROMPT = "Every effort moves you"
 
 
-def run_config(lora: dict | None = None, init_from: str | None = None) -> dict:
+def run_config(
+    lora: dict | None = None, init_from: str | None = None, model: GPTConfig = TINY
+) -> dict:
     return {
         "optim": {"lr": 5e-2, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant"},
         "lora": lora or {"rank": 0},
         "init_from": init_from,
-        "model": {"name": "test", **asdict(TINY)},
+        "model": {"name": "test", **asdict(model)},
         "stage": {"name": "test", "pooling": "last"},
     }
 
@@ -112,6 +126,52 @@ def test_plain_checkpoint_exports_to_transformers(base_ckpt: Path, folder: Path)
     torch.testing.assert_close(
         hf_logits(out, idx), float64_logits(task.model, idx), atol=1e-5, rtol=0
     )
+
+
+def our_greedy_text(ckpt: Path, prompt: str, max_new_tokens: int) -> str:
+    """Our own greedy continuation of ``prompt`` by the model of ``ckpt`` (the task's
+    ``continuations``: ``generate`` + our tokenizer), cut at ``<|endoftext|>``."""
+    task = PretrainTask.load_from_checkpoint(ckpt, weights_only=True).eval()
+    return task.continuations([get_tokenizer().encode(prompt)], max_new_tokens)[0]
+
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_ckpt(folder: Path) -> Path:
+    """A pretrain checkpoint of a tiny GPT with GPT-2's whole vocabulary, trained one step."""
+    config = model_size("gpt2-tiny", context_length=32)
+    torch.manual_seed(0)
+    task = PretrainTask(run_config(model=config), asdict(config))
+    ids = torch.randint(0, config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    return fit_checkpoint(task, folder / "gpt2_vocab.ckpt", ids, steps=1)
+
+
+def test_exported_folder_generates_our_greedy_text_in_a_transformers_pipeline(
+    gpt2_vocab_ckpt: Path, tmp_path: Path
+):
+    """Offline (conftest sets ``HF_HUB_OFFLINE=1``): the folder alone is the whole model."""
+    out = tmp_path / "hf"
+    assert main([f"ckpt_path={gpt2_vocab_ckpt}", f"out_dir={out}"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(HF_FOLDER)
+    generator = pipeline("text-generation", model=str(out), device="cpu")
+    hf = generator(PROMPT, do_sample=False, max_new_tokens=12, return_full_text=False)
+    ours = our_greedy_text(gpt2_vocab_ckpt, PROMPT, 12)
+    assert ours.strip()  # the pipeline without tokenizer files returned no new text
+    assert hf[0]["generated_text"] == ours
+
+
+def test_export_without_tiktoken_files_names_them_and_writes_nothing(
+    gpt2_vocab_ckpt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hf"
+    assert main([f"ckpt_path={gpt2_vocab_ckpt}", f"out_dir={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "error: the gpt2 tokenizer needs vocab.bpe" in err and "TIKTOKEN_CACHE_DIR" in err
+    assert not out.exists()
 
 
 def test_lora_classifier_exports_with_its_head_and_labels(base_ckpt: Path, folder: Path):

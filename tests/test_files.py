@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from llmprep.files import atomic_path, sweep_stale_temps, temp_path, write_json_atomically
+from llmprep.files import (
+    atomic_path,
+    atomic_paths,
+    sweep_stale_temps,
+    temp_path,
+    write_json_atomically,
+)
 
 
 def test_success_renames_onto_the_target_in_a_new_folder(tmp_path: Path) -> None:
@@ -31,6 +37,25 @@ def test_an_exception_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path)
         raise RuntimeError("interrupted")
     assert target.read_text(encoding="utf-8") == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_set_of_files_is_replaced_only_once_all_are_written(tmp_path: Path) -> None:
+    names = ("config.json", "model.safetensors", "tokenizer.json")
+    (tmp_path / "config.json").write_text("old", encoding="utf-8")
+    with (
+        pytest.raises(RuntimeError, match="interrupted"),
+        atomic_paths(tmp_path / name for name in names) as temps,
+    ):
+        temps[0].write_text("new", encoding="utf-8")
+        temps[1].write_text("new", encoding="utf-8")
+        raise RuntimeError("interrupted")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    assert (tmp_path / "config.json").read_text(encoding="utf-8") == "old"
+    with atomic_paths(tmp_path / name for name in names) as temps:
+        for temp in temps:
+            temp.write_text("new", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    assert {(tmp_path / name).read_text(encoding="utf-8") for name in names} == {"new"}
 
 
 def test_two_writers_of_one_path_do_not_share_a_temporary(tmp_path: Path) -> None:

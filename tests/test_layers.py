@@ -7,7 +7,7 @@ import ast
 from conftest import ROOT
 
 LAYERS = [
-    {"errors", "files", "logs", "tokenizer", "checkpoints", "data", "model"},
+    {"errors", "files", "logs", "tokenizer", "hf_tokenizer", "checkpoints", "data", "model"},
     {"training"},
     {"stages"},
     {"run", "export"},

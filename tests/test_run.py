@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 
@@ -198,7 +197,18 @@ def test_sweep_of_ddp_cpu_jobs_gives_one_folder_per_job(tmp_path):
         assert hparams["optim"]["lr"] == pytest.approx(lr)
         assert hparams["hardware"]["devices"] == 2
     assert _default_run_folders() == before  # no DDP process made a run folder of its own
-    assert json.dumps(jobs)
+    # The sweep ends with one row per job (none from the extra DDP ranks): its overrides and the
+    # best val/loss its checkpoint callback saw, printed and in summary.csv.
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["job"] for row in rows] == jobs
+    for row, lr in zip(rows, ("0.001", "0.0003"), strict=True):
+        assert f"optim.lr={lr}" in row["overrides"].split()
+        assert row["status"] == "completed"
+        callbacks = _ckpt(Path(row["folder"]))["callbacks"]
+        best = next(v["best_model_score"] for k, v in callbacks.items() if "val/loss" in k)
+        assert float(row["val/loss"]) == pytest.approx(float(best), rel=1e-6)
+    assert "sweep summary written to" in result.stdout
 
 
 # --- periodic checkpoints and exact resuming ---------------------------------------------------

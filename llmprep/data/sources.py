@@ -86,6 +86,12 @@ SOURCES: dict[str, Source] = {
             "instruction-data.json",
             "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
         ),
+        Source(
+            "instruction-data-with-preference",
+            f"{_BOOK}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+            "instruction-data-with-preference.json",
+            "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+        ),
     )
 }
 

@@ -24,7 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from llmprep.errors import UserError
-from llmprep.files import atomic_path, write_json_atomically
+from llmprep.files import atomic_paths, json_text
+from llmprep.hf_tokenizer import GPT2_EOT_ID, tokenizer_files
 from llmprep.model.config import GPTConfig
 from llmprep.model.gpt import GPT, LAYER_NORM_EPS, has_classifier_head
 
@@ -343,14 +344,24 @@ def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPT:
     return _load_safetensors_folder(folder, overrides).eval()
 
 
-def save_folder(out_dir: str | Path, tensors: Mapping[str, torch.Tensor], config: Any) -> Path:
-    """``tensors`` as ``model.safetensors`` and ``config`` as ``config.json`` in ``out_dir``;
-    returns ``out_dir``. Each file is written under a temporary name and renamed, so an
-    interrupted write never leaves a half-written file; other files in ``out_dir`` are kept."""
+def save_folder(
+    out_dir: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    config: Any,
+    texts: Mapping[str, str] | None = None,
+) -> Path:
+    """``tensors`` as ``model.safetensors``, ``config`` as ``config.json`` and each of ``texts``
+    (file name -> text) as a UTF-8 file in ``out_dir``; returns ``out_dir``.
+
+    Every file is written under a temporary name first and all are renamed into place only once
+    each has been written (``atomic_paths``): an interrupted export never leaves a half-written
+    file, nor new weights beside an old tokenizer. Other files in ``out_dir`` are kept."""
     out = Path(out_dir)
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(dict(tensors), str(tmp), metadata={"format": "pt"})
-    write_json_atomically(out / CONFIG_FILE, config)
+    files = {CONFIG_FILE: json_text(config), **(texts or {})}
+    with atomic_paths([out / WEIGHTS_FILE, *(out / name for name in files)]) as (weights, *temps):
+        save_file(dict(tensors), str(weights), metadata={"format": "pt"})
+        for temp, text in zip(temps, files.values(), strict=True):
+            temp.write_text(text, encoding="utf-8")
     return out
 
 
@@ -359,7 +370,7 @@ def hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
     ``transformers`` writes it itself."""
     from transformers import GPT2Config
 
-    eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
+    eot = GPT2_EOT_ID if config.vocab_size > GPT2_EOT_ID else None
     return GPT2Config(
         architectures=["GPT2LMHeadModel"],
         **{hf: getattr(config, ours) for hf, ours in _HF_FIELDS.items()},
@@ -375,6 +386,11 @@ def hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
 def export_hf(model: GPT, out_dir: str | Path) -> Path:
     """Write ``model`` to ``out_dir`` as a ``transformers`` GPT-2 (``config.json`` +
     ``model.safetensors``, see :func:`save_folder`); returns ``out_dir``.
+
+    A model whose vocabulary holds GPT-2's 50,257 tokens also gets GPT-2's tokenizer files and a
+    ``generation_config.json`` stopping at ``<|endoftext|>`` (``llmprep.hf_tokenizer``), so
+    ``pipeline("text-generation", model=out_dir)`` works offline. A smaller vocabulary (a toy
+    model) gets neither: GPT-2's tokenizer would make ids it has no embedding for.
 
     A model without query/key/value biases gets zero ones (GPT-2 always has them). An untied head
     is written as ``lm_head.weight`` with ``tie_word_embeddings: false``.
@@ -399,4 +415,5 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         for i in range(config.n_layers):
             zeros = torch.zeros(3 * config.emb_dim, dtype=model.tok_emb.weight.dtype)
             tensors[f"transformer.h.{i}.attn.c_attn.bias"] = zeros
-    return save_folder(out_dir, tensors, hf_config(config, tied))
+    texts = tokenizer_files(config.context_length) if config.vocab_size > GPT2_EOT_ID else {}
+    return save_folder(out_dir, tensors, hf_config(config, tied), texts)

@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from omegaconf import DictConfig
 
 from llmprep.training.config import redact_text
@@ -55,7 +56,8 @@ def build_logger(
     """The logger the ``logger`` group configures; ``None`` without a ``_target_`` (``none``).
 
     A W&B run gets its mode, name and group as above and ``config`` (plain, redacted) as its
-    config; it starts here, on rank 0, with secrets redacted from the command line it records.
+    config, and offline W&B's quiet console (the one sync hint is ours); it starts here, on
+    rank 0, with secrets redacted from the command line it records.
     Other loggers get only the keys their class takes (not ``conf/local``'s ``logger.entity``)
     and ``config`` as hyperparameters.
     """
@@ -67,14 +69,21 @@ def build_logger(
         logger = instantiate({k: v for k, v in settings.items() if k in taken or k == "_target_"})
         logger.log_hyperparams({"run_config": config})
         return logger
+    import wandb
+
     name, group = run_name_and_group(stage, output_dir, job_num)
+    mode = wandb_mode(settings.mode)
     wandb_logger = instantiate(settings, _partial_=True, _convert_="all")
     logger = wandb_logger(
         name=settings.name or name,
         group=settings.group or group,
-        mode=wandb_mode(settings.mode),
+        mode=mode,
         config=config,
+        # Offline, W&B's own footer would print the sync command beside ours (finish_logger).
+        settings=wandb.Settings(quiet=mode == "offline"),
     )
+    # Lightning always passes anonymous=None, which W&B warns is a setting without effect.
+    logger._wandb_init.pop("anonymous", None)
     saved = list(sys.argv)
     sys.argv[:] = [redact_text(arg) for arg in saved]  # W&B records it as the run starts
     try:
@@ -103,14 +112,39 @@ def finish_logger(logger: Logger | None, failed: bool) -> None:
 
 class ParameterSummary(RichModelSummary):
     """Lightning's model summary table, plus the exact counts (shared tensors once) in one log
-    line and, as ``params/total`` and ``params/trainable``, in every logger's hyperparameters."""
+    line and, as ``params/total`` and ``params/trainable``, in every logger's hyperparameters.
+
+    FLOPs are those of one forward pass over a full context window, by the model's own count
+    (``GPT.flops_per_token``, which equals torch's FLOP counter): Lightning counts them only by
+    running a forward pass on an ``example_input_array``, and without one it shows 0.
+    """
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
         params = list(pl_module.parameters())
         total = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
         if trainer.is_global_zero:
+            if self._max_depth:
+                self._print_table(trainer, pl_module)
             log.info("parameters: %s trainable of %s total", f"{trainable:,}", f"{total:,}")
         for logger in trainer.loggers:
             logger.log_hyperparams({"params/total": total, "params/trainable": trainable})
+
+    def _print_table(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        summary = self._summary(trainer, pl_module)
+        window = pl_module.model.config.context_length
+        flops = pl_module.model.flops_per_token(window, training=False) * window
+        columns = dict(summary._get_summary_data())
+        columns["FLOPs"] = [
+            get_human_readable_count(flops) if name == "model" else value
+            for name, value in zip(columns["Name"], columns["FLOPs"], strict=True)
+        ]
+        self.summarize(
+            list(columns.items()),
+            summary.total_parameters,
+            summary.trainable_parameters,
+            summary.model_size,
+            summary.total_training_modes,
+            total_flops=flops,
+            **self._summarize_kwargs,
+        )

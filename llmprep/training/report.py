@@ -13,10 +13,13 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from llmprep.training.throughput import ProgressBar
+
 
 def eval_trainer(cfg: DictConfig) -> L.Trainer:
     """A one-device Trainer for ``evaluate.py``: the GPU when the hardware config asks for one
-    and it exists, else the CPU; no logger, checkpoints, progress bar or summary."""
+    and it exists, else the CPU; the training run's progress bar, no logger, checkpoints or
+    summary."""
     import torch
 
     wants_gpu = cfg.hardware.accelerator in {"gpu", "cuda", "auto"}
@@ -24,8 +27,8 @@ def eval_trainer(cfg: DictConfig) -> L.Trainer:
         accelerator="gpu" if wants_gpu and torch.cuda.is_available() else "cpu",
         devices=1,
         logger=False,
+        callbacks=[ProgressBar()],
         enable_checkpointing=False,
-        enable_progress_bar=False,
         enable_model_summary=False,
     )
 

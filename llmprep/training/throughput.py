@@ -10,6 +10,8 @@ batches have run, every ``trainer.log_every_n_steps``.
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import Any
 
 import lightning as L
@@ -40,8 +42,21 @@ class TokenThroughput(ThroughputMonitor):
         )
 
 
+def run_eta(elapsed: float, done: int, left: int) -> str | None:
+    """The time the run's ``left`` optimizer steps take at the pace of its first ``done``
+    (``elapsed`` seconds, validations included) as ``h:mm:ss``; ``None`` before a step."""
+    if done <= 0:
+        return None
+    return str(datetime.timedelta(seconds=round(elapsed / done * max(left, 0))))
+
+
 class ProgressBar(RichProgressBar):
-    """Lightning's rich bar, with the latest tokens/s and MFU the throughput monitor logged."""
+    """Lightning's rich bar, with the latest tokens/s and MFU the throughput monitor logged, and
+    the whole run's ETA (``run eta``, see :func:`run_eta`; the bar's own is the epoch's)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start = (time.monotonic(), trainer.global_step)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
@@ -50,4 +65,10 @@ class ProgressBar(RichProgressBar):
             items["tok/s"] = f"{float(logged[TOKENS_PER_SEC]):,.0f}"
         if MFU in logged:
             items["mfu"] = f"{float(logged[MFU]):.1%}"
+        if trainer.training and hasattr(self, "_start"):
+            started, first_step = self._start
+            left = int(trainer.estimated_stepping_batches) - trainer.global_step
+            eta = run_eta(time.monotonic() - started, trainer.global_step - first_step, left)
+            if eta is not None:
+                items["run eta"] = eta
         return items

@@ -75,6 +75,8 @@ RULES = (
     Rule("stage.generation.top_k", 1, nullable=True),
     Rule("stage.generation.limit", 0, nullable=True),
     Rule("stage.generation.batch_size", 1),
+    Rule("stage.beta", 0, real=True, strict=True),
+    Rule("stage.label_smoothing", 0, real=True),
 )
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn")

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from llmprep.errors import ConfigError
 from llmprep.model.gpt import Block
-from llmprep.training.hardware import apply_threads, trainer_kwargs
+from llmprep.training import hardware
+from llmprep.training.hardware import apply_threads, busy_threads, trainer_kwargs
 from llmprep.training.validate import validate_config
 
 CONF = str(ROOT / "conf")
@@ -67,3 +68,59 @@ def test_slurm_experiment_composes_with_the_submitit_launcher():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.nodes == cfg.hardware.num_nodes == 2
     assert cfg.hydra.launcher.tasks_per_node == cfg.hardware.devices
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """A 2-core machine whose scheduler reports ``running`` threads (the reader included)."""
+
+    def load(running: int | None) -> None:
+        stat = tmp_path / "stat"
+        stat.write_text("cpu  1 2 3\n" + (f"procs_running {running}\n" if running else ""))
+        monkeypatch.setattr(hardware, "PROC_STAT", stat)
+        hardware.warn_if_oversubscribed.cache_clear()
+
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1})
+    yield load
+    hardware.warn_if_oversubscribed.cache_clear()
+
+
+def test_busy_threads_are_the_others_running_now(machine, monkeypatch, tmp_path):
+    machine(4)
+    assert busy_threads() == 3
+    machine(None)
+    assert busy_threads() is None
+    monkeypatch.setattr(hardware, "PROC_STAT", tmp_path / "absent")
+    assert busy_threads() is None
+
+
+@pytest.mark.parametrize(
+    ("running", "threads", "processes", "advice"),
+    [(2, 2, 1, "hardware.threads=1"), (1, 2, 2, "hardware.threads=1"), (1, 2, 1, None)],
+)
+def test_oversubscription_is_warned_with_the_threads_that_fit(
+    machine, caplog, running, threads, processes, advice
+):
+    machine(running)
+    hardware.warn_if_oversubscribed(threads, processes)
+    hardware.warn_if_oversubscribed(threads, processes)
+    warnings = [r.getMessage() for r in caplog.records if "oversubscribed" in r.getMessage()]
+    assert warnings == ([] if advice is None else [warnings[0]])
+    if advice:
+        assert warnings[0].endswith(advice)
+        assert f"{running - 1} threads of other processes are busy on the 2 cores" in warnings[0]
+
+
+def test_a_run_on_a_busy_machine_says_which_threads_to_set(machine, cli, tmp_path):
+    machine(3)  # two other threads busy on two cores
+    result = cli(
+        "train.py",
+        "model=gpt2-tiny",
+        "trainer.max_steps=1",
+        "test_after_fit=false",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.code == 0, result.err
+    assert result.err.count("oversubscribed") == 1
+    assert "set hardware.threads=1" in result.err

@@ -11,7 +11,7 @@ import pytest
 from conftest import model_size
 
 from llmprep.run import train
-from llmprep.training.throughput import TOKENS_PER_SEC
+from llmprep.training.throughput import TOKENS_PER_SEC, run_eta
 
 STEP_PAUSE = 0.05
 TOKENS_PER_BATCH = 2 * 128  # data.max_length=128, data.batch_size=2
@@ -82,3 +82,9 @@ def test_flops_and_mfu_follow_the_model_count(compose_run, monkeypatch):
     mfu = _metric(run, "train/device/mfu")
     assert flops_per_s == pytest.approx([t * flops_per_batch / 256 for t in tokens_per_s])
     assert mfu == pytest.approx([f / peak for f in flops_per_s])
+
+
+def test_run_eta_is_the_steps_left_at_the_pace_so_far():
+    assert run_eta(elapsed=10.0, done=25, left=75) == "0:00:30"
+    assert run_eta(elapsed=3600.0, done=1, left=2) == "2:00:00"
+    assert run_eta(elapsed=5.0, done=0, left=10) is None

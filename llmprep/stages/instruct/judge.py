@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmprep.errors import UserError
+from llmprep.training.progress import progress
 
 APIS = ("auto", "ollama", "openai")
 MAX_SCORE = 100
@@ -223,18 +224,22 @@ class Judge:
         scores: list[int | None] = []
         rejected: list[dict[str, Any]] = []
         empty = 0
-        for index, record in enumerate(records):
-            if not record[response_key].strip():
-                empty += 1
-                scores.append(0)
-                continue
-            reply = self.chat(judge_prompt(record, response_key))
-            score = parse_score(reply)
-            if score is None or not 0 <= score <= MAX_SCORE:
-                reason = "unparsable" if score is None else "out_of_range"
-                rejected.append({"index": index, "reason": reason, "reply": reply[:_SNIPPET]})
-                score = None
-            scores.append(score)
+        with progress(len(records), f"judging ({self.model})") as advance:
+            for index, record in enumerate(records):
+                if not record[response_key].strip():
+                    empty += 1
+                    score: int | None = 0
+                else:
+                    reply = self.chat(judge_prompt(record, response_key))
+                    score = parse_score(reply)
+                    if score is None or not 0 <= score <= MAX_SCORE:
+                        reason = "unparsable" if score is None else "out_of_range"
+                        rejected.append(
+                            {"index": index, "reason": reason, "reply": reply[:_SNIPPET]}
+                        )
+                        score = None
+                scores.append(score)
+                advance(1)
         valid = [s for s in scores if s is not None]
         return {
             "judge": {"url": self.url, "api": self.api, "model": self.model},
