@@ -254,8 +254,8 @@ def generate(
     real tokens; :func:`left_pad` makes both). A row stops at its own ``eos_id`` (which is kept),
     or at the token that completes one of the ``stop`` strings in its continuation as
     ``decode(new ids)`` spells it (the token is kept; :func:`cut_at_stop` cuts the text before
-    the string); its later positions hold ``pad_id`` (default ``eos_id``, else 0), and generation ends
-    early once every row has stopped.
+    the string); its later positions hold ``pad_id`` (default ``eos_id``, else 0), and
+    generation ends early once every row has stopped.
 
     ``model`` is any module with ``config.context_length`` whose ``forward(idx, kv_cache=...,
     attention_mask=..., last_only=True)`` returns the last position's logits [B, 1, vocab] as
