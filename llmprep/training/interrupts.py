@@ -115,7 +115,9 @@ class Interrupts(L.Callback):
             self.stopped_by = signal.SIGINT
         cause = self.stopped_by.name if self.stopped_by else type(exception).__name__
         if not self._training or trainer.sanity_checking or trainer.fast_dev_run:
-            log.error("Stopped by %s before training began: nothing saved", cause)
+            # An error is reported by the command itself, once; only a signal needs saying.
+            if self.stopped_by is not None:
+                log.error("Stopped by %s before training began: nothing saved", cause)
             return
         if self.stopped_by is None and trainer.world_size > 1:
             log.error("Stopped by %s under DDP: nothing saved, resume from the last save", cause)
