@@ -10,12 +10,16 @@ Here, while fitting:
 - The first Ctrl-C (SIGINT) during training is handled as Lightning handles SIGTERM: the run
   stops at the end of the current batch (after its optimizer step, logging and any validation
   due), a clean point to resume from. Before training starts (data set-up) it stops at once.
-- On any stop (Ctrl-C, SIGTERM, an exception) once training has begun, a full resumable
-  checkpoint (weights, optimizer, loops, data loader position, random state) replaces
-  ``<run>/checkpoints/last.ckpt`` atomically (a temporary file beside it, renamed onto it),
-  the loss plot is written (:class:`~llmprep.training.loss_plot.LossPlot`), and the command to
-  resume is logged. Under DDP an exception saves nothing: the other processes are not saving,
-  and a save waits for all of them.
+- On Ctrl-C or SIGTERM once training has begun, a full resumable checkpoint (weights,
+  optimizer, loops, data loader position, random state) replaces
+  ``<run>/checkpoints/last.ckpt`` atomically (a temporary file beside it, renamed onto it); a
+  resumed run continues exactly as an uninterrupted one, as from a periodic save. On an
+  exception the state is saved to ``on_exception.ckpt`` beside it instead: an exception can
+  strike inside a batch, and resuming that state repeats or skips a batch (measured: the
+  resumed losses differ), so ``last.ckpt``, the last clean save, is kept for an exact resume.
+  Under DDP an exception saves nothing: the other processes are not saving, and a save waits
+  for all of them. Each stop writes the loss plot
+  (:class:`~llmprep.training.loss_plot.LossPlot`) and logs the command to resume.
 - A second Ctrl-C exits at once with status 130: a save under way is abandoned (its temporary
   file removed), the previous ``last.ckpt`` stays as it was, loggers are not closed.
 - The run then exits with status 130 after Ctrl-C and 143 after SIGTERM (128 + the signal, as
@@ -44,6 +48,9 @@ log = logging.getLogger("llmprep")
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 """The exit status after each signal: 128 + its number."""
+
+EXCEPTION_FILE = "on_exception.ckpt"
+"""Beside ``last.ckpt``: the state where an exception struck, which may be inside a batch."""
 
 
 class Interrupts(L.Callback):
@@ -122,23 +129,24 @@ class Interrupts(L.Callback):
         if self.stopped_by is None and trainer.world_size > 1:
             log.error("Stopped by %s under DDP: nothing saved, resume from the last save", cause)
             return
+        path = self.last_path if self.stopped_by else self.last_path.with_name(EXCEPTION_FILE)
         if trainer.is_global_zero:
             # Lightning's own save stages the file in the system's temp folder and moves it,
             # which is a copy (not atomic) when that is another file system.
-            with atomic_path(self.last_path) as temp:
+            with atomic_path(path) as temp:
                 self._saving = temp
                 try:
                     trainer.save_checkpoint(temp)
                 finally:
                     self._saving = None
         else:
-            trainer.save_checkpoint(self.last_path)  # writes nothing, joins the barrier
+            trainer.save_checkpoint(path)  # writes nothing, joins the barrier
         if trainer.is_global_zero:
             overrides = [shlex.quote(a) for a in sys.argv[1:] if not a.startswith("ckpt_path=")]
             log.error(
                 "Stopped by %s at step %d: saved %s. Resume with:\n  python train.py %s",
                 cause,
                 trainer.global_step,
-                self.last_path,
-                " ".join([*overrides, shlex.quote(f"ckpt_path={self.last_path}")]),
+                path,
+                " ".join([*overrides, shlex.quote(f"ckpt_path={path}")]),
             )
