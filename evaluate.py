@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: `python evaluate.py stage=pretrain ckpt_path=outputs/.../last.ckpt`."""
 
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -15,4 +16,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from llmprep.resume import prepare_command
+
+    prepare_command("evaluate", Path(__file__).resolve().parent / "conf")
     main()

@@ -1,6 +1,7 @@
 """Train a GPT: `python train.py stage=pretrain model=gpt2-small` (see conf/train.yaml)."""
 
 import logging
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -15,4 +16,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from llmprep.resume import prepare_command
+
+    prepare_command("train", Path(__file__).resolve().parent / "conf")
     main()

@@ -88,3 +88,15 @@ def run_config(ckpt: Mapping[str, Any], path: str | Path, setting: str) -> dict[
     if not isinstance(config, Mapping) or not isinstance(config.get("stage"), Mapping):
         raise CheckpointError(f"{setting}={str(path)!r}: not an llmprep checkpoint")
     return dict(config)
+
+
+def require_resumable(
+    ckpt: Mapping[str, Any], path: str | Path, setting: str = "ckpt_path"
+) -> None:
+    """Refuse to resume from a weights-only checkpoint (``best.ckpt`` by default): it has no
+    optimizer, loop or data state, which Lightning would fail on with a bare ``KeyError``."""
+    if "optimizer_states" not in ckpt:
+        raise CheckpointError(
+            f"{setting}={str(path)!r} holds weights only: resume from last.ckpt, or start from "
+            f"it with init_from={str(path)!r}"
+        )

@@ -90,7 +90,9 @@ def one_line(err: BaseException) -> str:
 def report_user_errors(command: Callable[[], T], log: logging.Logger) -> T:
     """Run ``command`` with the library log lines routed to Hydra's handlers (see the module
     docstring); a user error is logged as one line (console and the run's log file) and ends the
-    process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback."""
+    process with status 1, unless ``HYDRA_FULL_ERROR=1`` asks for the traceback. Ctrl-C outside
+    fitting (which :mod:`llmprep.training.interrupts` handles) ends it with status 130, no
+    traceback."""
     quiet_libraries()
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
@@ -99,6 +101,9 @@ def report_user_errors(command: Callable[[], T], log: logging.Logger) -> T:
         logger.propagate = True
     try:
         return command()
+    except KeyboardInterrupt:
+        log.error("Interrupted by Ctrl-C")
+        sys.exit(130)
     except Exception as err:
         if not is_user_error(err) or os.environ.get(FULL_ERROR_ENV) == "1":
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from dataclasses import asdict
@@ -18,13 +17,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, open_dict, read_write
 
-from llmprep.checkpoints import local_checkpoint, read_checkpoint, run_config
-from llmprep.errors import CheckpointError
+from llmprep.checkpoints import local_checkpoint, read_checkpoint, require_resumable, run_config
+from llmprep.errors import CheckpointError, ConfigError
 from llmprep.model.init import ARCH_KEYS, build_model
+from llmprep.resume import announce_resume
 from llmprep.stages import evaluator, get_stage, task_class
-from llmprep.training.config import plain_config
+from llmprep.training.config import plain_config, redact
 from llmprep.training.hardware import apply_threads, trainer_kwargs
-from llmprep.training.interrupts import GracefulStop
+from llmprep.training.interrupts import Interrupts
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
 from llmprep.training.validate import validate_config
@@ -47,10 +47,13 @@ def pin_worker_command() -> None:
 
 def build_trainer(cfg: DictConfig, output_dir: Path, logger: Logger | None) -> L.Trainer:
     """The Lightning Trainer of the run: hardware, callbacks and the ``trainer`` group; without a
-    logger (``logger=none``) no learning-rate monitor, which Lightning would refuse."""
+    logger (``logger=none``) no learning-rate monitor, which Lightning would refuse. Every run
+    has :class:`~llmprep.training.interrupts.Interrupts` (not a config entry: a run stopped
+    early always saves its ``last.ckpt``)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if logger is None:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(Interrupts(Path(cfg.paths.checkpoint_dir) / "last.ckpt"))
     hw = trainer_kwargs(cfg.hardware)
     if hw["accelerator"] in {"gpu", "cuda"}:
         torch.set_float32_matmul_precision("high")
@@ -68,6 +71,7 @@ def resume_checkpoint(ckpt_path: str, task: L.LightningModule, cfg: DictConfig) 
     stage and of the architecture this run builds (a mismatch names both model sizes)."""
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     config = run_config(ckpt, ckpt_path, "ckpt_path")
+    require_resumable(ckpt, ckpt_path)
     trained = config["stage"].get("name")
     if trained != cfg.stage.name:
         raise CheckpointError(
@@ -107,6 +111,7 @@ def build_task(
         **datamodule.task_settings(),
     )
     task.run_config = config
+    task.run_overrides = redact(list(HydraConfig.get().overrides.task))
     return task, datamodule
 
 
@@ -114,7 +119,9 @@ def train(cfg: DictConfig) -> float | None:
     """Fit the stage's task as configured; return the best monitored metric (for sweepers).
 
     Every job, failed or not, closes its W&B run and its process group, so the next job of a
-    ``-m`` sweep starts clean.
+    ``-m`` sweep starts clean. A run stopped by Ctrl-C or SIGTERM exits with status 130 or 143
+    (:mod:`~llmprep.training.interrupts`), which also ends a ``-m`` sweep: its later jobs do
+    not start.
     """
     validate_config(cfg)
     hydra_cfg = HydraConfig.get()
@@ -128,11 +135,12 @@ def train(cfg: DictConfig) -> float | None:
     logger = build_logger(cfg.logger, cfg.stage.name, output_dir, job_num, config)
     failed = True
     try:
+        if cfg.ckpt_path:
+            announce_resume(cfg.ckpt_path, hydra_cfg.overrides.task)
         task, datamodule = build_task(cfg, output_dir, config)
         trainer = build_trainer(cfg, output_dir, logger)
         resume = resume_checkpoint(cfg.ckpt_path, task, cfg) if cfg.ckpt_path else None
-        stops = [c for c in trainer.callbacks if isinstance(c, GracefulStop)]
-        with stops[0].handling_signals(trainer) if stops else contextlib.nullcontext():
+        with next(c for c in trainer.callbacks if isinstance(c, Interrupts)).handling(trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         callback = trainer.checkpoint_callback
         if cfg.test_after_fit:
@@ -153,6 +161,11 @@ def train(cfg: DictConfig) -> float | None:
 
 def run_evaluation(cfg: DictConfig) -> Any:
     """Run the evaluation of ``stage.name`` (see :mod:`llmprep.stages`) on ``ckpt_path``."""
+    if cfg.ckpt_path is None:
+        raise ConfigError(
+            "ckpt_path is required: the checkpoint to evaluate, e.g. python evaluate.py "
+            "ckpt_path=outputs/pretrain/<day>/<time>/checkpoints/best.ckpt"
+        )
     validate_config(cfg)
     apply_threads(cfg.hardware)
     return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())

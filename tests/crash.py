@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerStatus
 
 
 class Crashed(RuntimeError):
@@ -36,3 +39,19 @@ class CrashAtStep(L.Callback):
         if self.kill:
             os.kill(os.getpid(), signal.SIGKILL)
         raise Crashed(f"crashed after step {trainer.global_step}")
+
+
+class SlowInterruptSave(L.Callback):
+    """Makes the save of a stopped run take ``seconds``, so a test can press Ctrl-C again
+    during it; it touches ``marker`` when that save begins."""
+
+    def __init__(self, marker: str, seconds: float = 60) -> None:
+        self.marker = marker
+        self.seconds = seconds
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.status == TrainerStatus.INTERRUPTED:
+            Path(self.marker).touch()
+            time.sleep(self.seconds)

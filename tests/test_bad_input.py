@@ -167,12 +167,18 @@ def test_a_corrupt_checkpoint_is_named_before_fitting(cli, tmp_path, tiny_ckpt, 
 
 def test_resuming_with_another_architecture_names_both(cli, tmp_path, tiny_ckpt):
     args = ("model=gpt2-mini", "logger=none", f"ckpt_path={tiny_ckpt}")
-    fails_cleanly(cli, tmp_path, "train.py", *args, expected=("gpt2-tiny", "model=gpt2-mini"))
+    expected = ("model=gpt2-mini cannot change on resume", "trained with model=gpt2-tiny")
+    fails_cleanly(cli, tmp_path, "train.py", *args, expected=expected)
 
 
 def test_resuming_a_missing_checkpoint_is_named(cli, tmp_path):
     missing = f"ckpt_path={tmp_path / 'gone.ckpt'}"
     fails_cleanly(cli, tmp_path, "train.py", *TINY, missing, expected=("gone.ckpt", "no such file"))
+
+
+def test_evaluate_without_a_checkpoint_says_it_is_required(cli, tmp_path):
+    expected = ("ckpt_path is required", "python evaluate.py ckpt_path=")
+    fails_cleanly(cli, tmp_path, "evaluate.py", expected=expected)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])

@@ -67,3 +67,23 @@ def test_resuming_from_a_url_continues_the_run(compose_run, server, tmp_path, on
     train(cfg)
     resumed = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 3
+
+
+def test_best_ckpt_holds_weights_only_and_last_ckpt_resumes(compose_run, tmp_path):
+    """best.ckpt is the weights (4 bytes a parameter in fp32), last.ckpt the full state (with
+    AdamW's two moments, 12 bytes a parameter); resuming from best.ckpt is refused by name, and
+    the documented switch makes best.ckpt full again."""
+    tiny = ("model=gpt2-tiny", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    train(compose_run(*tiny, "test_after_fit=false", run_dir=tmp_path / "a"))
+    best, last = (tmp_path / "a" / "checkpoints" / f"{n}.ckpt" for n in ("best", "last"))
+    ckpt = read_checkpoint(best, "ckpt_path")
+    params = sum(t.numel() for t in ckpt["state_dict"].values())
+    assert "optimizer_states" not in ckpt and "callbacks" not in ckpt
+    assert best.stat().st_size == pytest.approx(4 * params, rel=0.01)
+    assert last.stat().st_size == pytest.approx(12 * params, rel=0.01)
+    with pytest.raises(CheckpointError, match=r"ckpt_path='.*best\.ckpt' holds weights only: "):
+        train(compose_run(*tiny, f"ckpt_path={best}", run_dir=tmp_path / "b"))
+    train(compose_run(*tiny, f"init_from={best}", "test_after_fit=false", run_dir=tmp_path / "c"))
+    full = ("callbacks.checkpoint.save_weights_only=false", "test_after_fit=false")
+    train(compose_run(*tiny, *full, run_dir=tmp_path / "d"))
+    assert "optimizer_states" in read_checkpoint(tmp_path / "d" / "checkpoints" / "best.ckpt")

@@ -304,18 +304,21 @@ def test_run_killed_between_periodic_saves_resumes_with_the_same_losses(
     ids=["classify", "instruct"],
 )
 def test_fine_tuning_stages_resume_mid_epoch_with_the_same_losses(compose_run, tmp_path, stage):
-    """Cut (by an exception) one step after a periodic save; the resumed run restarts
-    mid-epoch and crosses into the second epoch."""
+    """Cut by an exception one step after a periodic save, which saves last.ckpt there (see
+    llmprep.training.interrupts); the resumed run restarts mid-epoch and crosses into the second
+    epoch."""
     run = (*RESUMABLE, *stage, "init_from=null", "trainer.limit_val_batches=2")
     saved = int(stage[-1].split("=")[1])
     train(compose_run(*run, run_dir=tmp_path / "full"))
     crash = ("+callbacks.crash._target_=crash.CrashAtStep", f"+callbacks.crash.step={saved + 1}")
     with pytest.raises(Crashed):
         train(compose_run(*run, *crash, "+callbacks.crash.kill=false", run_dir=tmp_path / "cut"))
-    assert _ckpt(tmp_path / "cut")["global_step"] == saved
+    assert _ckpt(tmp_path / "cut")["global_step"] == saved + 1
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     train(compose_run(*run, f"ckpt_path={ckpt}", run_dir=tmp_path / "resumed"))
-    _assert_resumed_like_uninterrupted(tmp_path / "full", tmp_path / "resumed", saved_step=saved)
+    _assert_resumed_like_uninterrupted(
+        tmp_path / "full", tmp_path / "resumed", saved_step=saved + 1
+    )
 
 
 def test_time_based_periodic_saves_keep_last_ckpt_current_before_any_validation(

@@ -129,24 +129,32 @@ def resolve(name_or_path: str) -> Path:
     )
 
 
-def resolve_many(specs: str | Sequence[str]) -> list[Path]:
-    """The files named by source names, paths or glob patterns, in the order given.
+def resolve_named(specs: str | Sequence[str]) -> dict[str, Path]:
+    """The files named by source names, paths or glob patterns, in the order given, each under
+    the name a user knows it by: a source name or path as typed, a glob's match as the pattern
+    spells its folder (what tables and result files show, not the resolved path).
 
     A glob expands to its matching files, sorted (``**`` recurses); one matching no file is an
-    error. A file named twice is kept once, at its first position, so overlapping patterns
-    never duplicate a document in a corpus.
+    error. A file named twice is kept once, at its first position and name, so overlapping
+    patterns never duplicate a document in a corpus.
     """
-    paths: list[Path] = []
+    names: dict[Path, str] = {}
     for spec in [specs] if isinstance(specs, str) else specs:
         if spec not in SOURCES and _GLOB_CHARS & set(spec):
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
-            files = [Path(p).resolve() for p in matches if Path(p).is_file()]
+            files = [(p, Path(p).resolve()) for p in matches if Path(p).is_file()]
             if not files:
                 raise SourceError(f"the pattern {spec!r} matches no file")
-            paths.extend(files)
         else:
-            paths.append(resolve(spec))
-    return list(dict.fromkeys(paths))
+            files = [(spec, resolve(spec))]
+        for name, path in files:
+            names.setdefault(path, name)
+    return {name: path for path, name in names.items()}
+
+
+def resolve_many(specs: str | Sequence[str]) -> list[Path]:
+    """The files :func:`resolve_named` finds, in its order."""
+    return list(resolve_named(specs).values())
 
 
 def _error(source: Source, problem: str) -> SourceError:

@@ -22,7 +22,8 @@ Rows = list[tuple[int, float, float]]
 
 
 class LossPlot(L.Callback):
-    """Records losses while fitting and writes ``loss.png`` at the end, like the book's ch. 5 plot.
+    """Records losses while fitting and writes ``loss.png`` at the end (or when fitting stops
+    early), like the book's ch. 5 plot.
 
     The training curve holds the loss of each batch as the task computed it: under automatic
     optimization Lightning hands ``on_train_batch_end`` that loss divided by
@@ -82,7 +83,8 @@ class LossPlot(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.on_fit_end(trainer, pl_module)  # an interrupted run keeps its plot too
+        """A run stopped early (Ctrl-C, SIGTERM, an error) plots what it trained too."""
+        self.on_fit_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "val": self.val, "extras": self.extras}

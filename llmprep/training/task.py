@@ -5,7 +5,8 @@ A task gets only its own settings (:data:`TASK_KEYS` of the run config) as plain
 modules, so ``load_from_checkpoint`` rebuilds the exact model without the Hydra run around it;
 what it needs from its data (a classifier's labels) comes from the data module's
 ``task_settings()``. Every checkpoint also holds the whole resolved run config under
-``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it).
+``"config"``, for reproducibility and for evaluation (which re-reads the run's data from it),
+and the run's command-line overrides under ``"overrides"`` (for resuming).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import equal_length_batches, generate
 from llmprep.model.gpt import IGNORE_INDEX
 from llmprep.model.lora import restore_lora, save_lora, start_lora
+from llmprep.resume import OVERRIDES_KEY
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
 
@@ -64,8 +66,9 @@ class GPTTask(L.LightningModule):
 
     ``config``: the task's settings (:data:`TASK_KEYS`); ``model_config``: the final architecture
     (a ``GPTConfig`` as dict, the pretrained model's with ``init_from``); ``model``: a GPT with
-    loaded weights, not a hyperparameter. ``run_config``: the whole resolved run config, stored
-    in each checkpoint.
+    loaded weights, not a hyperparameter. ``run_config``: the whole resolved run config, and
+    ``run_overrides``: the run's command-line overrides (what a resume re-composes, see
+    :mod:`llmprep.resume`), both stored in each checkpoint.
 
     With ``config["lora"]["rank"] > 0`` only the LoRA adapters (``self.lora``, a
     :class:`~llmprep.model.lora.LoraRun`) and layers the stage added outside the adapted ones
@@ -79,6 +82,7 @@ class GPTTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.config = config
         self.run_config: dict[str, Any] | None = None
+        self.run_overrides: list[str] | None = None
         base = model if model is not None else GPT(GPTConfig(**model_config))
         base_tensors = list(base.state_dict(keep_vars=True).values())
         self.model = self.adapt_model(base)
@@ -212,13 +216,17 @@ class GPTTask(L.LightningModule):
         checkpoint["tokens_seen"] = self.tokens_seen
         if self.run_config is not None:
             checkpoint["config"] = self.run_config
+        if self.run_overrides is not None:
+            checkpoint[OVERRIDES_KEY] = self.run_overrides
         save_lora(self.lora, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore ``tokens_seen``; a LoRA run's checkpoint gets its base weights back (see
+        """Restore ``tokens_seen`` and, for a task without one (not a resumed run, which keeps
+        its own), the stored run config; a LoRA run's checkpoint gets its base weights back (see
         :func:`~llmprep.model.lora.restore_lora`). Subclasses overriding this must call it."""
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
-        self.run_config = checkpoint.get("config", self.run_config)
+        if self.run_config is None:
+            self.run_config = checkpoint.get("config")
         restore_lora(self.lora, self.model, checkpoint)
 
     @torch.no_grad()

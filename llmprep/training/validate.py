@@ -100,6 +100,12 @@ def validate_config(cfg: DictConfig) -> None:
             and all(0 <= b < 1 for b in values)
         ):
             raise ConfigError(f"optim.betas={values!r}: expected two numbers in [0, 1)")
+    resume = OmegaConf.select(cfg, "resume", default=None)
+    if resume not in (None, "auto"):
+        raise ConfigError(
+            f"resume={resume!r}: expected auto (the newest last.ckpt of this command) or null; "
+            "resume a given checkpoint with ckpt_path=<file>"
+        )
     strategy = OmegaConf.select(cfg, "hardware.strategy", default=None)
     if isinstance(strategy, str) and strategy not in STRATEGIES:
         raise ConfigError(

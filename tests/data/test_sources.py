@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from llmprep.data import sources
-from llmprep.data.sources import SOURCES, Source, SourceError, file_sha256, resolve, resolve_many
+from llmprep.data.sources import (
+    SOURCES,
+    Source,
+    SourceError,
+    file_sha256,
+    resolve,
+    resolve_many,
+    resolve_named,
+)
 
 
 @pytest.fixture
@@ -198,6 +206,18 @@ def test_resolve_many_expands_globs_sorted_and_mixes_names(tmp_path, mirror):
     paths = resolve_many([str(tmp_path / "*.txt"), "the-verdict", str(tmp_path / "a.txt")])
     assert paths == [tmp_path / "a.txt", tmp_path / "b.txt", (mirror / "the-verdict.txt").resolve()]
     assert resolve_many(str(tmp_path / "c.md")) == [tmp_path / "c.md"]
+
+
+def test_resolved_files_keep_the_names_they_were_given_by(tmp_path, mirror, monkeypatch):
+    """Tables show ``tinyshakespeare`` and ``notes/*.txt``'s matches as typed, relative."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    named = resolve_named(["tinyshakespeare", "notes/*.txt", "notes/a.txt"])
+    assert named == {
+        "tinyshakespeare": (mirror / "tinyshakespeare.txt").resolve(),
+        "notes/a.txt": tmp_path / "notes" / "a.txt",
+    }
 
 
 def test_glob_matching_nothing_names_the_pattern(tmp_path):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+
 import lightning as L
 import pytest
 import torch
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from omegaconf import OmegaConf
 
@@ -22,7 +25,8 @@ CONF = str(ROOT / "conf")
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp", "multinode"])
 def test_each_hardware_config_composes(compose_run, name):
     kwargs = trainer_kwargs(compose_run(f"hardware={name}").hardware)
-    assert set(kwargs) == {"accelerator", "devices", "num_nodes", "strategy", "precision"}
+    plugins = {"plugins"} if name == "multinode" else set()
+    assert set(kwargs) == {"accelerator", "devices", "num_nodes", "strategy", "precision", *plugins}
 
 
 def test_hardware_files_state_what_differs_from_the_default(compose_run):
@@ -68,6 +72,10 @@ def test_slurm_experiment_composes_with_the_submitit_launcher():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.nodes == cfg.hardware.num_nodes == 2
     assert cfg.hydra.launcher.tasks_per_node == cfg.hardware.devices
+    # Lightning's SLURM auto-requeue: SIGUSR1 saves a checkpoint and requeues the job.
+    environment = trainer_kwargs(cfg.hardware)["plugins"]
+    assert isinstance(environment, SLURMEnvironment)
+    assert environment.auto_requeue and environment.requeue_signal == signal.SIGUSR1
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
-"""Real signals sent to a real ``python train.py``: a stop saves a resumable last.ckpt and the
-loss plot, and exits with 128 + the signal."""
+"""Real signals sent to a real ``python train.py``: what a stopped run leaves and how it exits."""
 
 from __future__ import annotations
 
@@ -8,55 +7,102 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import pytest
 import torch
 from conftest import ROOT
 
-from llmprep.run import train
-
+# Periodic saves every 3 steps: last.ckpt appearing is the sign that the run is training.
 RUN = (
     "model=gpt2-tiny",
-    "logger=none",
+    "data.max_length=128",
+    "logger=csv",
     "hardware.threads=1",
-    "test_after_fit=false",
     "trainer.max_steps=100000",
-    "trainer.max_epochs=1000",
-    "callbacks.periodic.every_n_train_steps=2",
+    "stage.max_epochs=1000",
+    "callbacks.periodic.every_n_train_steps=3",
 )
 
 
-@pytest.mark.parametrize(
-    ("signum", "code"),
-    [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
-)
-def test_signal_saves_last_ckpt_and_plot_and_exits_128_plus_signal(
-    compose_run, tmp_path, signum, code
-):
-    run = tmp_path / "stopped"
-    last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *RUN, f"hydra.run.dir={run}"],
+def _start(run: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    return subprocess.Popen(
+        [sys.executable, "train.py", *RUN, *extra, f"hydra.run.dir={run}"],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 120
-    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # a periodic save: training is under way
-    proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == code, out[-3000:]
-    assert out.count("stopping after this batch") == 1
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_the_plot_then_exits_130(tmp_path, compose_run):
+    from llmprep.run import train
+
+    run = tmp_path / "stopped"
+    last = run / "checkpoints" / "last.ckpt"
+    proc = _start(run)
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert out.count("Ctrl-C: stopping at the end of this batch") == 1
     assert "graceful shutdown" not in out
-    assert f"ckpt_path={last}" in out
-    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    step = saved["global_step"]
-    assert step >= 2 and saved["optimizer_states"]
-    resumed = tmp_path / "resumed"
-    train(compose_run(*RUN, f"trainer.max_steps={step + 2}", f"ckpt_path={last}", run_dir=resumed))
-    after = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert after["global_step"] == step + 2
+    ckpt = _ckpt(last)
+    step = ckpt["global_step"]
+    assert step >= 3
+    # Complete: optimizer, loops, data position and random state, at a batch's end.
+    assert ckpt["optimizer_states"] and ckpt["loops"]["fit_loop"]
+    assert "RandomState" in ckpt["callbacks"]
+    assert len(ckpt["callbacks"]["LossPlot"]["train"]) == step
+    assert (run / "loss.png").stat().st_size > 0
+    assert f"Stopped by SIGINT at step {step}: saved {last}" in out
+    assert f"ckpt_path={last}" in out.split("Resume with:")[1]
+    assert not list(run.rglob("*.eval.json"))  # no after-fit report
+    resumed = compose_run(*RUN, f"trainer.max_steps={step + 2}", f"ckpt_path={last}")
+    train(resumed)
+    assert _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == step + 2
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    run = tmp_path / "stopped"
+    last = run / "checkpoints" / "last.ckpt"
+    proc = _start(run, "test_after_fit=false")
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    step = _ckpt(last)["global_step"]
+    assert f"Stopped by SIGTERM at step {step}: saved {last}" in out
+
+
+def test_second_ctrl_c_quits_during_the_save_and_keeps_the_previous_checkpoint(tmp_path):
+    run = tmp_path / "stopped"
+    last, marker = run / "checkpoints" / "last.ckpt", tmp_path / "saving"
+    slow = ("+callbacks.slow._target_=crash.SlowInterruptSave", f"+callbacks.slow.marker={marker}")
+    proc = _start(run, *slow)
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGINT)
+    _wait_for(marker, proc)
+    before = last.read_bytes()
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert time.monotonic() - started < 10  # not after the 60 s save
+    assert "Ctrl-C again: quit without saving" in out
+    assert last.read_bytes() == before
+    assert _ckpt(last)["global_step"] % 3 == 0  # the last periodic save
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temporary file left

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from llmprep.data.resumable import ResumableDataModule, ResumableLoader
-from llmprep.data.sources import resolve_many
+from llmprep.data.sources import resolve_many, resolve_named
 from llmprep.data.token_store import build_token_store, is_blank, split_tokens
 from llmprep.data.windows import TokenWindows
 from llmprep.tokenizer import get_tokenizer
@@ -70,7 +70,7 @@ class PretrainDataModule(ResumableDataModule):
         self.hf = (hf_dataset, hf_config, hf_split, hf_text_field) if hf_dataset else None
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
-        self.test_files = [str(path) for path in resolve_many(list(test_files))]
+        self.test_files = resolve_named(list(test_files))
 
     def _files(self) -> list[Path]:
         files = resolve_many(self.paths)
@@ -129,7 +129,8 @@ class PretrainDataModule(ResumableDataModule):
 
     @property
     def test_splits(self) -> tuple[str, ...]:
-        """The validation split (when the run has one), then each test file."""
+        """The validation split (when the run has one), then each test file by the name it was
+        given by (``tinyshakespeare``, not its resolved path)."""
         return ("val",) * (self.val_set is not None) + tuple(self.test_files)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -137,9 +138,9 @@ class PretrainDataModule(ResumableDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         sets = [self.val_set] if self.val_set is not None else []
-        for path in self.test_files:
-            tokens = np.asarray(build_token_store([Path(path)]).tokens)
-            sets.append(TokenWindows(tokens, self.max_length, self.stride, path))
+        for name, path in self.test_files.items():
+            tokens = np.asarray(build_token_store([path]).tokens)
+            sets.append(TokenWindows(tokens, self.max_length, self.stride, name))
         if not sets:
             raise ValueError("nothing to test: the run has no validation split and no test files")
         return [self.eval_loader(windows) for windows in sets]

@@ -45,10 +45,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_scores_every_split_like_the_run_did(run: Path) -> None:
+    """Without ``stage=``: the checkpoint's stage (classify, not the default pretrain)."""
     ckpt = run / "checkpoints" / "best.ckpt"
-    result = run_cli(
-        "evaluate.py", "stage=classify", f"ckpt_path={ckpt}", f"hydra.run.dir={run / 'eval'}"
-    )
+    result = run_cli("evaluate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={run / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Confusion matrices" in result.stdout
     for split in ("train", "val", "test"):
