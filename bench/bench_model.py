@@ -28,7 +28,7 @@ from llmprep.model.generate import generate
 PROMPT_TOKENS = 16
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds ``fn`` takes, waiting for queued GPU work on both ends."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -54,7 +54,7 @@ def train_tokens_per_second(
 
     for _ in range(warmup):
         step()
-    seconds = sum(_timed(step, device) for _ in range(steps))
+    seconds = sum(timed(step, device) for _ in range(steps))
     return batch * context * steps / seconds
 
 
@@ -64,7 +64,7 @@ def generate_tokens_per_second(
     """New tokens per second of greedy generation for one prompt of ``PROMPT_TOKENS`` tokens."""
     prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT_TOKENS), device=device)
     generate(model, prompt, 4, use_cache=use_cache)  # warm-up
-    seconds = _timed(lambda: generate(model, prompt, new_tokens, use_cache=use_cache), device)
+    seconds = timed(lambda: generate(model, prompt, new_tokens, use_cache=use_cache), device)
     return new_tokens / seconds
 
 

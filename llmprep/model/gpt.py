@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from llmprep.model.config import GPTConfig
+from llmprep.model.config import GPTConfig, is_int
 
 LAYER_NORM_EPS = 1e-5
 """GPT-2's LayerNorm epsilon, used everywhere so OpenAI's weights give OpenAI's outputs."""
@@ -32,44 +32,100 @@ LOSS_CHUNK = 256
 
 
 class KVCache:
-    """Keys and values of the positions a model has already seen, one pair per block.
+    """Keys and values of the positions a model has already seen, one pair per block, in buffers
+    of ``capacity`` positions allocated at the first call and written in place (no copy of the
+    whole cache per step).
 
     Pass the same cache to successive ``GPT.forward`` calls: the first call processes the prompt,
-    later calls only the new tokens, whose positions continue from ``len(cache)``. Call
-    ``reset()`` before reusing it for another sequence.
+    later calls only the new tokens. The cache also remembers which stored positions are padding
+    (from the calls' ``attention_mask``), so later calls mask them out and number each row's
+    positions from its own first real token. Call ``reset()`` before reusing it for another
+    sequence; the buffers are kept for it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        if not is_int(capacity) or capacity < 1:
+            raise ValueError(f"KVCache capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self._real: torch.Tensor | None = None  # [B, capacity] bool: stored position is a token
+        self._padded = False
+        self._length = 0
+        self._batch = 0
 
     def __len__(self) -> int:
         """Number of positions stored."""
-        return self.keys[0].shape[2] if self.keys else 0
+        return self._length
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """[B, len] bool, True at the stored positions that hold real tokens; None while none
+        is padding."""
+        return self._real[:, : self._length] if self._padded else None
+
+    def append(self, batch: int, time: int, attention_mask: torch.Tensor | None) -> None:
+        """Make room for ``time`` new positions of ``batch`` sequences, real where
+        ``attention_mask`` [B, time] is True (None: all real). The blocks then write their keys
+        and values for these positions with :meth:`update`."""
+        if self._length and batch != self._batch:
+            raise ValueError(
+                f"KV cache holds a batch of {self._batch} sequences but got {batch}; "
+                "reset() the cache before a new batch"
+            )
+        if self._length + time > self.capacity:
+            raise ValueError(
+                f"KV cache of {self.capacity} positions holds {self._length}, no room for "
+                f"{time} more"
+            )
+        start, end = self._length, self._length + time
+        if attention_mask is not None and not self._padded:
+            device = attention_mask.device
+            if self._real is None or self._real.shape[0] != batch or self._real.device != device:
+                self._real = torch.empty(batch, self.capacity, dtype=torch.bool, device=device)
+            self._real[:, :start] = True
+            self._padded = True
+        if self._padded:
+            self._real[:, start:end] = True if attention_mask is None else attention_mask
+        self._batch, self._length = batch, end
 
     def update(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``keys``/``values`` ([B, heads, T, head_dim]) of block ``layer``; return all
-        keys and values stored for that block."""
+        """Write ``keys``/``values`` ([B, heads, T, head_dim]) of block ``layer`` at the positions
+        :meth:`append` made room for; return all keys and values stored for that block."""
+        end = self._length
+        start = end - keys.shape[2]
         if layer == len(self.keys):
-            self.keys.append(keys)
-            self.values.append(values)
-        else:
-            stored = self.keys[layer].shape[0]
-            if keys.shape[0] != stored:
-                raise ValueError(
-                    f"KV cache holds a batch of {stored} sequences but got {keys.shape[0]}; "
-                    "reset() the cache before a new batch"
-                )
-            self.keys[layer] = torch.cat([self.keys[layer], keys], dim=2)
-            self.values[layer] = torch.cat([self.values[layer], values], dim=2)
-        return self.keys[layer], self.values[layer]
+            self.keys.append(keys.new_empty(0))
+            self.values.append(values.new_empty(0))
+        shape = (*keys.shape[:2], self.capacity, keys.shape[3])
+        stored = self.keys[layer]
+        if start == 0 and (
+            stored.shape != shape or stored.dtype != keys.dtype or stored.device != keys.device
+        ):
+            self.keys[layer] = keys.new_empty(shape)
+            self.values[layer] = values.new_empty(shape)
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def reset(self) -> None:
-        """Forget every stored position."""
-        self.keys.clear()
-        self.values.clear()
+        """Forget every stored position (the buffers stay allocated for the next sequence)."""
+        self._length = 0
+        self._padded = False
+
+
+def padding_attention_mask(real: torch.Tensor, time: int) -> torch.Tensor:
+    """The attention mask [B, 1, time, keys] (True: may attend) of the last ``time`` of the keys
+    whose real tokens ``real`` [B, keys] marks: each query sees the real keys up to its own
+    position, never padding. A padding query sees only itself (a row with no key at all would
+    give NaN), so its output stays finite; no real query reads it."""
+    keys = real.shape[1]
+    query_at = torch.arange(keys - time, keys, device=real.device)[:, None]
+    key_at = torch.arange(keys, device=real.device)[None, :]
+    allowed = ((key_at <= query_at) & real[:, None, :]) | (key_at == query_at)
+    return allowed[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,7 +146,14 @@ class CausalSelfAttention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``attn_mask`` [B, 1, T, keys] (True: may attend), from :func:`attention_mask`, when
+        some keys are padding; without it the mask is the plain causal one."""
         batch, time, width = x.shape
         q = self._split_heads(self.query(x))
         k = self._split_heads(self.key(x))
@@ -101,12 +164,12 @@ class CausalSelfAttention(nn.Module):
         # positions: new queries after cached keys need it shifted right by the cache length (a
         # single new query sees every key).
         past = k.shape[2] - time
-        mask = None
-        if past and time > 1:
+        mask = attn_mask
+        if mask is None and past and time > 1:
             mask = torch.ones(time, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=not past
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=not past and attn_mask is None
         )
         return self.out_proj(y.transpose(1, 2).reshape(batch, time, width))
 
@@ -135,8 +198,13 @@ class Block(nn.Module):
         self.ff = FeedForward(config)
         self.drop_shortcut = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.attn(self.norm1(x), kv_cache))
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.attn(self.norm1(x), kv_cache, attn_mask))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -229,16 +297,25 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def compile_blocks(self) -> None:
-        """Run each block through ``torch.compile`` from now on, except with a ``KVCache``: a
-        growing cache would recompile at each new length. Blocks are compiled one by one
-        (identical blocks share one compiled graph), which compiles far faster than the whole
-        model; the head and loss stay eager (:meth:`loss` is already one pass)."""
+        """Run each block through ``torch.compile`` from now on, except with a ``KVCache`` or an
+        ``attention_mask`` (generation): a growing cache would recompile at each new length.
+        Blocks are compiled one by one (identical blocks share one compiled graph), which
+        compiles far faster than the whole model; the head and loss stay eager (:meth:`loss` is
+        already one pass)."""
         self.compiled_blocks = [torch.compile(block) for block in self.blocks]
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits for every position of ``idx``; with ``kv_cache``, ``idx`` holds only the tokens
-        after those already in the cache."""
-        return self.out_head(self.hidden_states(idx, kv_cache))
+    def forward(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits for every position of ``idx`` (see :meth:`hidden_states` for ``kv_cache`` and
+        ``attention_mask``); with ``last_only`` for the last position only, [B, 1, outputs]:
+        all generation needs, without the head's cost over the whole prompt."""
+        hidden = self.hidden_states(idx, kv_cache, attention_mask)
+        return self.out_head(hidden[:, -1:] if last_only else hidden)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of ``forward(idx)`` against ``targets`` [B, T]
@@ -261,29 +338,57 @@ class GPT(nn.Module):
             hidden.flatten(0, 1), weight, targets.flatten(), LOSS_CHUNK
         )
 
-    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The final LayerNorm's output [B, T, emb_dim], what ``out_head`` reads."""
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final LayerNorm's output [B, T, emb_dim], what ``out_head`` reads.
+
+        With ``kv_cache``, ``idx`` holds only the tokens after those already in the cache.
+        ``attention_mask`` [B, T] (True or 1 at real tokens, False or 0 at padding) lets rows of
+        different lengths share a batch: no token attends to padding, and a row's real tokens
+        take positions 0, 1, ... from its first one, so each row computes what it computes alone
+        (the outputs at padding are meaningless). Without a mask, and without padding in the
+        cache, every position is real: the plain causal path training takes.
+        """
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(
                 f"idx must be token ids of shape [batch, time>0], got {list(idx.shape)}"
             )
+        if attention_mask is not None and attention_mask.shape != idx.shape:
+            raise ValueError(
+                f"attention_mask must have idx's shape {list(idx.shape)}, got "
+                f"{list(attention_mask.shape)}"
+            )
         past = len(kv_cache) if kv_cache is not None else 0
-        time = idx.shape[1]
+        batch, time = idx.shape
         if past + time > self.config.context_length:
             raise ValueError(
                 f"sequence of {time} tokens"
                 + (f" after {past} cached" if past else "")
                 + f" exceeds the model's context_length of {self.config.context_length}"
             )
-        positions = torch.arange(past, past + time, device=idx.device)
+        real = None if attention_mask is None else attention_mask.bool()
+        if kv_cache is not None:
+            kv_cache.append(batch, time, real)
+            real = kv_cache.mask
+        attn_mask = None
+        if real is None:
+            positions = torch.arange(past, past + time, device=idx.device)
+        else:
+            positions = (real.cumsum(dim=1) - 1).clamp(min=0)[:, past:]
+            attn_mask = padding_attention_mask(real, time)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        blocks = self.blocks if kv_cache is not None else self.compiled_blocks or self.blocks
+        plain = kv_cache is None and attn_mask is None
+        blocks = (self.compiled_blocks or self.blocks) if plain else self.blocks
         for block in blocks:
-            if recompute and kv_cache is None:
+            if recompute and plain:
                 x = checkpoint(block, x, None, use_reentrant=False)
             else:
-                x = block(x, kv_cache)
+                x = block(x, kv_cache, attn_mask)
         return self.final_norm(x)
 
     def flops_per_token(self, seq_len: int, training: bool = True) -> int:

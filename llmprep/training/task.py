@@ -12,6 +12,7 @@ and the run's command-line overrides under ``"overrides"`` (for resuming).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -22,12 +23,14 @@ from torchmetrics import MeanMetric, SumMetric
 
 from llmprep.data.records import SPLITS
 from llmprep.model import GPT, GPTConfig
-from llmprep.model.generate import equal_length_batches, generate
+from llmprep.model.config import check
+from llmprep.model.generate import cut_at_stop, generate, left_pad
 from llmprep.model.gpt import IGNORE_INDEX
 from llmprep.model.lora import restore_lora, save_lora, start_lora
 from llmprep.resume import OVERRIDES_KEY
 from llmprep.tokenizer import get_tokenizer
 from llmprep.training.optim import build_adamw, lr_lambda
+from llmprep.training.progress import progress
 
 MAX_LOG_PPL = 20.0
 """Perplexities are reported up to exp(20): beyond, an untrained or diverged model's number
@@ -238,31 +241,41 @@ class GPTTask(L.LightningModule):
         top_k: int | None = None,
         batch_size: int = 1,
         generator: torch.Generator | None = None,
+        stop: Sequence[str] = (),
+        description: str | None = None,
     ) -> list[str]:
-        """The decoded continuation of each token-id prompt, cut at ``<|endoftext|>``.
+        """The decoded continuation of each token-id prompt, cut at ``<|endoftext|>`` and before
+        the first of the ``stop`` strings, in the prompts' order.
 
-        Prompts of equal length run as one batch (``equal_length_batches``): our GPT has
-        absolute positions and no attention mask, so batching them gives exactly the answers
-        of one prompt at a time.
+        Prompts of any lengths run ``batch_size`` at a time, left-padded with an attention mask
+        (``generate``), so a greedy answer is the one its prompt gets alone. Prompts are sorted by
+        length first, so a batch holds prompts of near lengths and little padding. With a
+        ``description``, a progress bar (count and ETA) advances as each batch is answered.
         """
+        check(batch_size >= 1, "batch_size", "positive", batch_size)
         tok = self.tokenizer
         texts = [""] * len(prompts)
-        for group in equal_length_batches([len(p) for p in prompts], batch_size):
-            idx = torch.tensor(
-                [list(prompts[i]) for i in group], dtype=torch.long, device=self.device
-            )
-            out = generate(
-                self.model,
-                idx,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                eos_id=tok.eot_id,
-                generator=generator,
-            )
-            for row, index in enumerate(group):
-                new = out[row, idx.shape[1] :].tolist()
-                texts[index] = tok.decode(
-                    new[: new.index(tok.eot_id)] if tok.eot_id in new else new
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        bar = progress(len(prompts), description) if description else nullcontext(lambda _: None)
+        with bar as advance:
+            for start in range(0, len(order), batch_size):
+                group = order[start : start + batch_size]
+                idx, mask = left_pad([prompts[i] for i in group], tok.eot_id, self.device)
+                out = generate(
+                    self.model,
+                    idx,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_k=top_k,
+                    eos_id=tok.eot_id,
+                    generator=generator,
+                    attention_mask=mask,
+                    stop=stop,
+                    decode=tok.decode,
                 )
+                for row, index in enumerate(group):
+                    new = out[row, idx.shape[1] :].tolist()
+                    text = tok.decode(new[: new.index(tok.eot_id)] if tok.eot_id in new else new)
+                    texts[index] = cut_at_stop(text, stop)
+                advance(len(group))
         return texts

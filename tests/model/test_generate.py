@@ -7,7 +7,7 @@ from conftest import model_size
 from torch import nn
 
 from llmprep.model import GPT
-from llmprep.model.generate import equal_length_batches, generate
+from llmprep.model.generate import cut_at_stop, generate, left_pad, stream
 
 VOCAB = 101
 
@@ -31,7 +31,7 @@ class Successor(nn.Module):
         self.config = SimpleNamespace(context_length=64)
         self.vocab = vocab
 
-    def forward(self, idx: torch.Tensor, kv_cache: object = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: object = None, **_: object) -> torch.Tensor:
         return 10.0 * F.one_hot((idx + 1) % self.vocab, self.vocab).float()
 
 
@@ -43,7 +43,7 @@ class Fixed(nn.Module):
         self.config = SimpleNamespace(context_length=64)
         self.logits = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
 
-    def forward(self, idx: torch.Tensor, kv_cache: object = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache: object = None, **_: object) -> torch.Tensor:
         return self.logits.expand(*idx.shape, 4)
 
 
@@ -161,7 +161,73 @@ def test_cache_feeds_one_token_a_step_then_slides_the_window(model: GPT) -> None
     assert fed == [14, 1, 1, 16, 16]
 
 
-def test_equal_length_batches_group_lengths_and_cap_the_batch() -> None:
-    assert equal_length_batches([5, 3, 5, 5, 3, 7], 2) == [[0, 2], [3], [1, 4], [5]]
-    with pytest.raises(ValueError, match="batch_size must be positive"):
-        equal_length_batches([1], 0)
+def one_at_a_time(model: nn.Module, prompts: list[list[int]], steps: int, **kwargs) -> list:
+    """Each prompt's new tokens, generated alone."""
+    return [
+        generate(model, torch.tensor([p]), steps, **kwargs)[0, len(p) :].tolist() for p in prompts
+    ]
+
+
+def batched(model: nn.Module, prompts: list[list[int]], steps: int, **kwargs) -> list:
+    """Each prompt's new tokens, generated in one left-padded batch."""
+    idx, mask = left_pad(prompts, pad_id=7)
+    out = generate(model, idx, steps, attention_mask=mask, **kwargs)
+    return out[:, idx.shape[1] :].tolist()
+
+
+def test_prompts_of_eight_lengths_batch_to_their_greedy_tokens_alone(model: GPT) -> None:
+    torch.manual_seed(1)
+    prompts = [torch.randint(0, VOCAB, (n,)).tolist() for n in (9, 1, 4, 12, 2, 7, 5, 10)]
+    assert batched(model, prompts, 4) == one_at_a_time(model, prompts, 4)
+
+
+def test_a_batch_crossing_the_window_gives_the_uncached_and_the_single_tokens(model: GPT) -> None:
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, VOCAB, (n,)).tolist() for n in (3, 14, 8, 11)]
+    cached = batched(model, prompts, 12)  # the 14-token row slides after 2 steps, the 3 never
+    assert cached == batched(model, prompts, 12, use_cache=False)
+    assert cached == one_at_a_time(model, prompts, 12)
+
+
+def test_left_pad_puts_prompts_at_the_right_end_and_refuses_empty_ones() -> None:
+    idx, mask = left_pad([[4, 5, 6], [8]], pad_id=0)
+    assert idx.tolist() == [[4, 5, 6], [0, 0, 8]]
+    assert mask.tolist() == [[True, True, True], [False, False, True]]
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        left_pad([[1], []])
+    with pytest.raises(ValueError, match="must end every row with a real token"):
+        generate(Successor(), idx, 2, attention_mask=mask.flip(1))
+
+
+def letters(ids: list[int]) -> str:
+    """Successor's tokens as text: 0 -> 'a', 1 -> 'b', ..."""
+    return "".join(chr(ord("a") + i) for i in ids)
+
+
+def test_each_row_stops_at_its_own_stop_string() -> None:
+    prompt = torch.tensor([[0], [3], [6]])
+    out = generate(Successor(), prompt, 6, pad_id=9, stop=("de", "h"), decode=letters)
+    # row 0 writes b c d e (stops at "de"), row 1 e f g h (stops at "h"), row 2 h at once;
+    # all have stopped after four steps, so generation ends there
+    assert out[:, 1:].tolist() == [[1, 2, 3, 4], [4, 5, 6, 7], [7, 9, 9, 9]]
+    assert [cut_at_stop(letters(row[1:]), ("de", "h")) for row in out.tolist()] == ["bc", "efg", ""]
+    with pytest.raises(ValueError, match="stop strings need decode"):
+        generate(Successor(), prompt, 2, stop=("x",))
+    with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
+        generate(Successor(), prompt, 2, stop="x", decode=letters)
+
+
+def test_streaming_yields_the_tokens_of_generate_as_they_come(model: GPT) -> None:
+    prompts = [[3, 1, 4, 1, 5], [9, 2], [6, 5, 3, 5, 8, 9, 7, 9, 3]]
+    idx, mask = left_pad(prompts)
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        steps = stream(model, idx, 10, attention_mask=mask)
+        first = next(steps)
+        assert len(calls) == 1  # the first token comes after one forward, not after all ten
+        streamed = torch.stack([first, *steps], dim=1)
+    finally:
+        hook.remove()
+    expected = generate(model, idx, 10, attention_mask=mask)[:, idx.shape[1] :]
+    assert torch.equal(streamed, expected)

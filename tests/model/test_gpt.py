@@ -92,7 +92,7 @@ def test_too_long_input_is_refused() -> None:
     model = tiny(context_length=8)
     with pytest.raises(ValueError, match="9 tokens exceeds the model's context_length of 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
-    cache = KVCache()
+    cache = KVCache(8)
     model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="3 tokens after 6 cached"):
         model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
@@ -101,15 +101,80 @@ def test_too_long_input_is_refused() -> None:
 def test_cached_chunks_give_the_full_sequence_logits() -> None:
     model = tiny()
     idx = torch.randint(0, VOCAB, (2, 16))
-    cache = KVCache()
+    cache = KVCache(16)
     chunks = [idx[:, :5], idx[:, 5:9], idx[:, 9:10], idx[:, 10:16]]
     pieces = [model(chunk, kv_cache=cache) for chunk in chunks]
     assert len(cache) == 16
     torch.testing.assert_close(torch.cat(pieces, dim=1), model(idx), atol=1e-5, rtol=1e-5)
 
 
+def test_cache_writes_in_place_and_refuses_more_than_its_capacity() -> None:
+    model, cache = tiny(), KVCache(6)
+    model(torch.zeros(2, 4, dtype=torch.long), kv_cache=cache)
+    buffer = cache.keys[0]
+    model(torch.zeros(2, 2, dtype=torch.long), kv_cache=cache)
+    assert cache.keys[0] is buffer and buffer.shape == (2, 2, 6, 32)
+    cache.reset()
+    model(torch.zeros(2, 3, dtype=torch.long), kv_cache=cache)
+    assert cache.keys[0] is buffer  # a reset cache reuses its buffers
+    with pytest.raises(ValueError, match="KV cache of 6 positions holds 3, no room for 4 more"):
+        model(torch.zeros(2, 4, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        KVCache(0)
+
+
+def pad_left(idx: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``idx`` [1, T] after ``count`` padding tokens (an arbitrary id), with its mask."""
+    ids = torch.cat([torch.full((1, count), 5), idx], dim=1)
+    return ids, ids.new_ones(ids.shape, dtype=torch.bool).index_fill(1, torch.arange(count), 0)
+
+
+def test_left_padded_rows_compute_what_they_compute_alone() -> None:
+    model = tiny()
+    short, long = torch.randint(0, VOCAB, (1, 5)), torch.randint(0, VOCAB, (1, 9))
+    padded, short_mask = pad_left(short, 4)
+    idx = torch.cat([padded, long])
+    mask = torch.cat([short_mask, torch.ones_like(long, dtype=torch.bool)])
+    logits = model(idx, attention_mask=mask)
+    assert logits.isfinite().all()  # padding queries too: they attend to themselves
+    torch.testing.assert_close(logits[:1, 4:], model(short), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1:], model(long), atol=1e-5, rtol=1e-5)
+    changed = idx.clone()
+    changed[0, :4] = 7  # what the padding holds does not matter
+    again = model(changed, attention_mask=mask)
+    torch.testing.assert_close(again[:1, 4:], logits[:1, 4:])
+    torch.testing.assert_close(again[1:], logits[1:])
+
+
+def test_cache_remembers_the_padding_for_later_tokens() -> None:
+    model = tiny()
+    short, long = torch.randint(0, VOCAB, (1, 8)), torch.randint(0, VOCAB, (1, 11))
+    padded, short_mask = pad_left(short, 3)
+    idx = torch.cat([padded, long])
+    mask = torch.cat([short_mask, torch.ones_like(long, dtype=torch.bool)])
+    cache = KVCache(16)
+    first = model(idx[:, :7], kv_cache=cache, attention_mask=mask[:, :7])
+    rest = [model(idx[:, t : t + 1], kv_cache=cache) for t in range(7, 11)]
+    cached = torch.cat([first, *rest], dim=1)
+    torch.testing.assert_close(cached[:1, 3:], model(short), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached[1:], model(long), atol=1e-5, rtol=1e-5)
+
+
+def test_last_only_gives_the_last_positions_logits_of_the_full_forward() -> None:
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    last = model(idx, last_only=True)
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last, model(idx)[:, -1:])
+
+
+def test_attention_mask_of_another_shape_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"attention_mask must have idx's shape \[2, 4\]"):
+        tiny()(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3))
+
+
 def test_cache_refuses_a_different_batch() -> None:
-    model, cache = tiny(), KVCache()
+    model, cache = tiny(), KVCache(8)
     model(torch.zeros(2, 4, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="batch of 2 sequences but got 1"):
         model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
@@ -210,7 +275,7 @@ def test_compiled_blocks_give_the_eager_loss_and_keep_the_state_dict_keys() -> N
     model.compile_blocks()
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(model.loss(idx, idx), eager, rtol=1e-5, atol=1e-5)
-    cache = KVCache()  # generation stays eager: the cached path never calls the compiled blocks
+    cache = KVCache(8)  # generation stays eager: the cached path never calls the compiled blocks
     model.compiled_blocks = None
     expected = model(idx[:, :3], kv_cache=cache)
     model.compile_blocks()

@@ -88,14 +88,17 @@ def report(
     if (
         unknown := set(generation)
         - set(inspect.signature(task.respond).parameters)
-        - {"records", "generator"}
+        - {"records", "generator", "description"}
     ):
         raise ConfigError(f"stage.generation: unknown key(s) {', '.join(sorted(unknown))}")
     if trainer.fast_dev_run:
         runs = int(trainer.fast_dev_run)
         limit = runs if limit is None else min(runs, limit)
     generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
-    answered = task.respond(datamodule.records["test"][:limit], **generation, generator=generator)
+    records = datamodule.records["test"][:limit]
+    answered = task.respond(
+        records, **generation, generator=generator, description="answering the test split"
+    )
     responses_file = results_path(None if load else ckpt_path, trainer, "test_responses")
     write_json_atomically(responses_file, answered)
     results["responses"] = {"file": str(responses_file), "count": len(answered)}

@@ -66,13 +66,15 @@ class InstructTask(GPTTask):
         top_k: int | None = None,
         batch_size: int = 8,
         generator: torch.Generator | None = None,
+        description: str | None = None,
     ) -> list[dict[str, str]]:
         """``records`` with the model's answer added as ``model_response``, in their order.
 
         Each prompt is the record in the model's style, encoded as in training (special-token
         text is plain text). Generation stops at ``<|endoftext|>``; the answer is the decoded
         continuation after any response marker the model wrote itself
-        (``PromptStyle.extract_response``). Prompts are batched as ``GPTTask.continuations`` does.
+        (``PromptStyle.extract_response``). Prompts are batched, and a ``description`` shows a
+        progress bar, as ``GPTTask.continuations`` does.
         """
         rows = [
             {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
@@ -80,7 +82,9 @@ class InstructTask(GPTTask):
         ]
         prompts = [self.style.format_prompt(row["instruction"], row["input"]) for row in rows]
         ids = self.tokenizer.encode_ordinary_batch(prompts) if prompts else []
-        texts = self.continuations(ids, max_new_tokens, temperature, top_k, batch_size, generator)
+        texts = self.continuations(
+            ids, max_new_tokens, temperature, top_k, batch_size, generator, description=description
+        )
         return [
             {**row, "model_response": self.style.extract_response(text)}
             for row, text in zip(rows, texts, strict=True)

@@ -115,7 +115,7 @@ class ScriptedLM(nn.Module):
         self.script = script
         self.steps = 0
 
-    def forward(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_cache=None, **_: object) -> torch.Tensor:
         logits = torch.zeros(idx.shape[0], idx.shape[1], TINY.vocab_size)
         logits[:, -1, self.script[min(self.steps, len(self.script) - 1)]] = 1.0
         self.steps += 1
@@ -136,12 +136,22 @@ def test_answer_stops_at_the_end_token_and_follows_a_repeated_response_marker() 
     assert row["model_response"] == "Blue."
 
 
+def test_continuations_are_cut_before_the_first_stop_string() -> None:
+    task = tiny_task()
+    tok = get_tokenizer()
+    task.model = ScriptedLM([*tok.encode("Blue.\n### Instruction: more"), tok.eot_id])
+    prompts = [tok.encode("Say a colour."), tok.encode("A much longer prompt asking for a colour.")]
+    texts = task.continuations(prompts, 20, batch_size=2, stop=("###", "Never"))
+    assert texts == ["Blue.\n", "Blue.\n"]
+    assert task.model.steps == len(tok.encode("Blue.\n###"))  # both rows stopped there
+
+
 def test_batched_answers_equal_one_prompt_at_a_time() -> None:
     task = tiny_task()
     records = instruction_records(7)
     prompts = [task.style.format_prompt(r["instruction"], r["input"]) for r in records]
     lengths = [len(ids) for ids in get_tokenizer().encode_ordinary_batch(prompts)]
-    assert len(set(lengths)) < len(lengths)  # some prompts share a length and batch together
+    assert len(set(lengths)) > 1  # prompts of different lengths share a batch
     alone = task.respond(records, max_new_tokens=6, batch_size=1)
     batched = task.respond(records, max_new_tokens=6, batch_size=4)
     assert batched == alone
