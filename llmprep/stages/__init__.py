@@ -4,7 +4,9 @@ A stage is a folder ``llmprep/stages/<name>/`` (plus ``conf/stage/<name>.yaml``)
 ``__init__`` names its LightningModule (``Task``), the data module classes it reads
 (``DATA_MODULES``), its report on a checkpoint (``report``: after fitting and in
 ``evaluate.py``) and its evaluation command (``evaluate(cfg, ckpt_path)``). Adding a stage
-is adding a folder: nothing here lists them.
+is adding a folder: nothing here lists them. A stage imports no other stage, unless it names it
+in ``BUILDS_ON`` (``dpo`` builds on ``instruct``, as the book's DPO tunes its instruction-tuned
+model); the stages it builds on never import it back.
 
 Nothing read from a checkpoint or an exported folder is ever instantiated. A stored stage name
 is looked up among these folders; stored data settings are plain values handed to one of the

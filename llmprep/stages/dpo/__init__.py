@@ -6,4 +6,8 @@ from llmprep.stages.dpo.task import DPOTask as Task
 
 DATA_MODULES = (PreferenceDataModule,)
 
-__all__ = ["DATA_MODULES", "Task", "evaluate", "report"]
+BUILDS_ON = ("instruct",)
+"""The stages whose pieces this one imports: DPO tunes an instruction-tuned model, as in the
+book, so it prompts, encodes, answers and judges with the instruct stage's code."""
+
+__all__ = ["BUILDS_ON", "DATA_MODULES", "Task", "evaluate", "report"]
