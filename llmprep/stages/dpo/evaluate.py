@@ -11,7 +11,6 @@ both answers added to ``<name>.eval.json``. The rows are what the instruct stage
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +19,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llmprep.errors import ConfigError
 from llmprep.files import write_json_atomically
-from llmprep.stages import load_task, stored_datamodule
 from llmprep.stages.dpo.data import PreferenceDataModule
 from llmprep.stages.dpo.task import DPOTask
-from llmprep.stages.instruct.evaluate import print_judgement
+from llmprep.stages.instruct.evaluate import generation_settings, print_judgement, restored_run
 from llmprep.stages.instruct.judge import Judge, JudgeError
 from llmprep.training.report import eval_trainer, results_path, score
 from llmprep.training.task import is_sharded
 
 RESPONSE_KEYS = {"model": "model_response", "reference": "reference_response"}
 """The answers in a test-response row, by who wrote them."""
-
-
-def generation_settings(
-    cfg: DictConfig, task: DPOTask, trainer: L.Trainer
-) -> tuple[dict[str, Any], int | None]:
-    """``stage.generation`` as ``respond``'s keyword arguments, and how many test records to
-    answer (``limit``; a ``fast_dev_run`` answers as many as it runs batches)."""
-    generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
-    limit = generation.pop("limit", None)
-    try:
-        inspect.signature(task.respond).bind([], **generation)
-    except TypeError as err:
-        raise ConfigError(f"stage.generation: {err}") from None
-    if trainer.fast_dev_run:
-        runs = int(trainer.fast_dev_run)
-        limit = runs if limit is None else min(runs, limit)
-    return generation, limit
 
 
 def answer(
@@ -138,16 +118,8 @@ def report(
 
 
 def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
-    """:func:`report` on the checkpoint's run data (same source, split and truncation) in the
-    model's prompt style; generation follows this command's ``stage.generation`` settings."""
-    task = load_task(ckpt_path, "dpo")
-    datamodule = stored_datamodule(
-        "dpo",
-        task.run_config["data"],
-        context_length=task.hparams.model_config["context_length"],
-        prompt_style=task.style.name,
-        batch_size=cfg.eval.batch_size,
-    )
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    """:func:`report` on the checkpoint's run data (same source, split and truncation, see
+    ``restored_run``) in the model's prompt style; generation follows this command's
+    ``stage.generation`` settings."""
+    task, datamodule = restored_run("dpo", cfg, ckpt_path)
     return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False)

@@ -83,17 +83,7 @@ def report(
         return results
 
     task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
-    generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
-    limit = generation.pop("limit", None)
-    if (
-        unknown := set(generation)
-        - set(inspect.signature(task.respond).parameters)
-        - {"records", "generator", "description"}
-    ):
-        raise ConfigError(f"stage.generation: unknown key(s) {', '.join(sorted(unknown))}")
-    if trainer.fast_dev_run:
-        runs = int(trainer.fast_dev_run)
-        limit = runs if limit is None else min(runs, limit)
+    generation, limit = generation_settings(cfg, task, trainer)
     generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
     records = datamodule.records["test"][:limit]
     answered = task.respond(
@@ -120,12 +110,36 @@ def report(
     return results
 
 
-def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
-    """:func:`report` on the checkpoint's run data (same source, split and masking) in the
-    model's prompt style; generation follows this command's ``stage.generation`` settings."""
-    task = load_task(ckpt_path, "instruct")
+def generation_settings(
+    cfg: DictConfig, task: InstructTask, trainer: L.Trainer
+) -> tuple[dict[str, Any], int | None]:
+    """``stage.generation`` as ``task.respond``'s keyword arguments (an unknown key is a
+    ``ConfigError`` naming it), and how many test records to answer (``limit``; a
+    ``fast_dev_run`` answers as many as it runs batches)."""
+    generation = OmegaConf.to_container(cfg.stage.generation, resolve=True)
+    limit = generation.pop("limit", None)
+    known = set(inspect.signature(task.respond).parameters) - {
+        "records",
+        "generator",
+        "description",
+    }
+    if unknown := sorted(set(generation) - known):
+        raise ConfigError(
+            f"stage.generation: unknown key(s) {', '.join(unknown)} (got {unknown!r}; the keys "
+            f"are {', '.join(sorted(known | {'limit'}))})"
+        )
+    if trainer.fast_dev_run:
+        runs = int(trainer.fast_dev_run)
+        limit = runs if limit is None else min(runs, limit)
+    return generation, limit
+
+
+def restored_run(stage: str, cfg: DictConfig, ckpt_path: Path) -> tuple[Any, Any]:
+    """The task of ``stage`` restored from ``ckpt_path`` and its run's data module (same source,
+    split and masking, the model's prompt style, ``eval.batch_size``), set up for testing."""
+    task = load_task(ckpt_path, stage)
     datamodule = stored_datamodule(
-        "instruct",
+        stage,
         task.run_config["data"],
         context_length=task.hparams.model_config["context_length"],
         prompt_style=task.style.name,
@@ -133,4 +147,11 @@ def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
     )
     datamodule.prepare_data()
     datamodule.setup("test")
+    return task, datamodule
+
+
+def evaluate(cfg: DictConfig, ckpt_path: Path) -> dict[str, Any]:
+    """:func:`report` on the checkpoint's run data (:func:`restored_run`); generation follows
+    this command's ``stage.generation`` settings."""
+    task, datamodule = restored_run("instruct", cfg, ckpt_path)
     return report(eval_trainer(cfg), task, datamodule, ckpt_path, cfg, load=False)
