@@ -1,8 +1,9 @@
 """``python -m llmprep.export ckpt_path=<run>/checkpoints/best.ckpt out_dir=<folder>``: one of our
 checkpoints as a standalone model folder, LoRA adapters merged into their base.
 
-A language model (pretrain, instruct) becomes a Hugging Face GPT-2 folder that
-``transformers.GPT2LMHeadModel.from_pretrained`` loads. A classifier, which has no GPT-2
+A language model (pretrain, instruct, dpo) becomes a Hugging Face GPT-2 folder that
+``transformers.GPT2LMHeadModel.from_pretrained`` loads (an instruction-tuned one records its
+prompt style in ``config.json``). A classifier, which has no GPT-2
 equivalent in ``transformers``, is written in our own layout: ``model.safetensors`` with our
 GPT's tensor names and a ``config.json`` holding its ``GPTConfig``, class count and label names.
 """
@@ -27,6 +28,11 @@ from llmprep.model.weights import CONFIG_FILE, export_hf, read_json, save_folder
 
 CLASSIFIER_FORMAT = "llmprep-classifier"
 """``config.json``'s ``format`` for a classifier in our layout."""
+
+PROMPT_STYLE_KEY = "llmprep_prompt_style"
+"""``config.json``'s key for the prompt style an instruction-tuned model was tuned with, so
+``llmprep.generate`` and ``llmprep.serve`` prompt the exported folder as they prompt the
+checkpoint."""
 
 
 def export_classifier(
@@ -58,9 +64,10 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     returns ``out_dir``."""
     ckpt = read_checkpoint(ckpt_path, "ckpt_path")
     model = checkpoint_model(ckpt, ckpt_path)
-    if not has_classifier_head(model):
-        return export_hf(model, out_dir)
     hparams = ckpt["hyper_parameters"]
+    if not has_classifier_head(model):
+        style = hparams.get("prompt_style")
+        return export_hf(model, out_dir, {PROMPT_STYLE_KEY: style} if style else None)
     stage = hparams.get("config", {}).get("stage", {})
     return export_classifier(
         model,

@@ -7,10 +7,21 @@ import ast
 from conftest import ROOT
 
 LAYERS = [
-    {"errors", "files", "logs", "tokenizer", "hf_tokenizer", "checkpoints", "data", "model"},
+    {
+        "errors",
+        "files",
+        "logs",
+        "tokenizer",
+        "hf_tokenizer",
+        "checkpoints",
+        "commands",
+        "data",
+        "model",
+    },
     {"training", "resume"},
     {"stages"},
-    {"run", "export"},
+    {"run", "export", "inference"},
+    {"generate", "chat", "serve"},
 ]
 """Bottom to top, by the first name after ``llmprep.``."""
 

@@ -20,6 +20,7 @@ the cache: the same numbers up to float rounding, at the cost of the re-run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,64 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits
+
+
+Sampling = tuple[float, "int | None", "float | None", "torch.Generator | None"]
+"""One row's ``(temperature, top_k, top_p, generator)``."""
+
+
+def _per_row(value: Any, batch: int, name: str) -> list[Any]:
+    """``value`` for each of ``batch`` rows: a list or tuple is taken as one value per row."""
+    if not isinstance(value, list | tuple):
+        return [value] * batch
+    if len(value) != batch:
+        raise ValueError(f"{name}: {len(value)} values for a batch of {batch} rows")
+    return list(value)
+
+
+def _row_sampling(
+    batch: int, temperature: Any, top_k: Any, top_p: Any, generator: Any
+) -> list[Sampling]:
+    """Each row's sampling settings, checked; any of them may be given per row."""
+    rows = list(
+        zip(
+            _per_row(temperature, batch, "temperature"),
+            _per_row(top_k, batch, "top_k"),
+            _per_row(top_p, batch, "top_p"),
+            _per_row(generator, batch, "generator"),
+            strict=True,
+        )
+    )
+    for t, k, p, _ in rows:
+        check(
+            isinstance(t, int | float) and 0.0 <= t < float("inf"),
+            "temperature",
+            "a finite number >= 0",
+            t,
+        )
+        check(k is None or (is_int(k) and k >= 1), "top_k", ">= 1 or None", k)
+        check(p is None or 0.0 < p <= 1.0, "top_p", "in (0, 1] or None", p)
+    return rows
+
+
+def _choose(logits: torch.Tensor, sampling: list[Sampling]) -> torch.Tensor:
+    """The next token of each row of ``logits`` [B, vocab]: the argmax of a greedy row, a draw
+    from a sampled row's filtered softmax. Rows that share their settings and generator draw
+    together in one call; rows with their own generators draw one at a time, each from its own
+    generator, so a seeded row samples what it samples alone."""
+    first = sampling[0]
+    if all(row == first for row in sampling):
+        groups = [(list(range(len(sampling))), first)]
+    else:
+        groups = [([row], settings) for row, settings in enumerate(sampling)]
+    next_id = logits.argmax(dim=-1)
+    for rows, (temperature, top_k, top_p, generator) in groups:
+        if temperature == 0.0:
+            continue
+        scaled = logits[rows].float() / temperature
+        probs = _filter_logits(scaled, top_k, top_p).softmax(dim=-1)
+        next_id[rows] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return next_id
 
 
 def left_pad(
@@ -78,13 +137,13 @@ def stream(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    temperature: float | Sequence[float] = 0.0,
+    top_k: int | Sequence[int | None] | None = None,
+    top_p: float | Sequence[float | None] | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
     pad_id: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
     attention_mask: torch.Tensor | None = None,
     stop: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
@@ -102,9 +161,7 @@ def stream(
             f"{list(idx.shape)}"
         )
     check(max_new_tokens >= 0, "max_new_tokens", ">= 0", max_new_tokens)
-    check(0.0 <= temperature < float("inf"), "temperature", "a finite number >= 0", temperature)
-    check(top_k is None or top_k >= 1, "top_k", ">= 1 or None", top_k)
-    check(top_p is None or 0.0 < top_p <= 1.0, "top_p", "in (0, 1] or None", top_p)
+    sampling = _row_sampling(idx.shape[0], temperature, top_k, top_p, generator)
     if attention_mask is not None:
         if attention_mask.shape != idx.shape:
             raise ValueError(
@@ -133,13 +190,10 @@ def stream(
         attention_mask,
         max_new_tokens,
         context_length,
-        temperature,
-        top_k,
-        top_p,
+        sampling,
         eos_id,
         pad_id if pad_id is not None else eos_id if eos_id is not None else 0,
         use_cache,
-        generator,
         tuple(stop),
         decode,
     )
@@ -151,13 +205,10 @@ def _steps(
     attention_mask: torch.Tensor | None,
     max_new_tokens: int,
     context_length: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    sampling: list[Sampling],
     eos_id: int | None,
     pad: int,
     use_cache: bool,
-    generator: torch.Generator | None,
     stop: tuple[str, ...],
     decode: Callable[[list[int]], str] | None,
 ) -> Iterator[torch.Tensor]:
@@ -187,12 +238,7 @@ def _steps(
             step_input, mask = ids[:, width - 1 : width], None
         with evaluating(model):  # per step: between steps the caller sees its own modes
             logits = model(step_input, kv_cache=cache, attention_mask=mask, last_only=True)
-        logits = logits[:, -1, :]
-        if temperature == 0.0:
-            next_id = logits.argmax(dim=-1)
-        else:
-            probs = _filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
-            next_id = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        next_id = _choose(logits[:, -1, :], sampling)
         if eos_id is not None or stop:
             next_id = torch.where(done, torch.full_like(next_id, pad), next_id)
         if eos_id is not None:
@@ -229,13 +275,13 @@ def generate(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    temperature: float | Sequence[float] = 0.0,
+    top_k: int | Sequence[int | None] | None = None,
+    top_p: float | Sequence[float | None] | None = None,
     eos_id: int | None = None,
     use_cache: bool = True,
     pad_id: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
     attention_mask: torch.Tensor | None = None,
     stop: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
@@ -248,7 +294,9 @@ def generate(
     likely and to the ``top_p`` nucleus. Sampling draws from ``generator`` (or the global RNG), so
     a seeded generator or ``torch.manual_seed`` reproduces it (a batch draws for all its rows at
     once, so a row's sample depends on its batch). Greedy rows of a batch give the tokens they
-    give alone.
+    give alone. Each of ``temperature``, ``top_k``, ``top_p`` and ``generator`` may instead be a
+    list with one value per row (a server batching requests with their own settings): rows with
+    their own seeded generators then sample what they sample alone.
 
     Prompts of different lengths come left-padded with their ``attention_mask`` [B, T] (True at
     real tokens; :func:`left_pad` makes both). A row stops at its own ``eos_id`` (which is kept),

@@ -383,9 +383,10 @@ def hf_config(config: GPTConfig, tied: bool) -> dict[str, Any]:
     ).to_dict()
 
 
-def export_hf(model: GPT, out_dir: str | Path) -> Path:
+def export_hf(model: GPT, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` to ``out_dir`` as a ``transformers`` GPT-2 (``config.json`` +
-    ``model.safetensors``, see :func:`save_folder`); returns ``out_dir``.
+    ``model.safetensors``, see :func:`save_folder`); returns ``out_dir``. ``extra`` plain values
+    go into ``config.json`` too (``transformers`` keeps unknown keys as config attributes).
 
     A model whose vocabulary holds GPT-2's 50,257 tokens also gets GPT-2's tokenizer files and a
     ``generation_config.json`` stopping at ``<|endoftext|>`` (``llmprep.hf_tokenizer``), so
@@ -416,4 +417,4 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
             zeros = torch.zeros(3 * config.emb_dim, dtype=model.tok_emb.weight.dtype)
             tensors[f"transformer.h.{i}.attn.c_attn.bias"] = zeros
     texts = tokenizer_files(config.context_length) if config.vocab_size > GPT2_EOT_ID else {}
-    return save_folder(out_dir, tensors, hf_config(config, tied), texts)
+    return save_folder(out_dir, tensors, {**hf_config(config, tied), **(extra or {})}, texts)

@@ -70,7 +70,13 @@ def load_task(ckpt_path: str | Path, stage: str, device: str | torch.device = "c
     ``stage``'s from the registry, never one named in the file, and gets the stored
     hyperparameters as plain values.
     """
-    ckpt = read_checkpoint(ckpt_path, "ckpt_path")
+    return restore_task(read_checkpoint(ckpt_path, "ckpt_path"), ckpt_path, stage, device)
+
+
+def restore_task(
+    ckpt: Mapping[str, Any], ckpt_path: str | Path, stage: str, device: str | torch.device = "cpu"
+) -> Any:
+    """:func:`load_task` on a checkpoint already read (``ckpt``) from ``ckpt_path``."""
     trained_stage = run_config(ckpt, ckpt_path, "ckpt_path")["stage"].get("name")
     if trained_stage != stage:
         raise CheckpointError(
