@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from llmprep.errors import is_user_error, one_line, quiet_libraries
 
 T = TypeVar("T")
 
@@ -57,6 +59,9 @@ def parse_settings(schema: type[T], argv: Sequence[str]) -> T:
     if bad := [word for word in words if "=" not in word or word.startswith("=")]:
         raise UsageError(f"{bad[0]!r}: expected key=value")
     hints = typing.get_type_hints(schema)
+    names = [field.name for field in dataclasses.fields(schema)]
+    if unknown := [w.partition("=")[0] for w in words if w.partition("=")[0] not in names]:
+        raise UsageError(f"unknown key {unknown[0]!r}; the keys are {', '.join(names)}")
     texts, typed = {}, []
     for word in words:
         key, _, value = word.partition("=")
@@ -98,3 +103,20 @@ def command_settings(
         print(f"usage: {prog} key=value ... (--help lists the keys)", file=sys.stderr)
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_command(command: Callable[[], int | None]) -> int:
+    """Run a command's work and return its exit status: 0, or what ``command`` returns; a user
+    error or an unreadable file prints ``error: <one line>`` to stderr and gives 1, Ctrl-C
+    outside the command's own handling gives 130, never a traceback."""
+    quiet_libraries()
+    try:
+        return command() or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not (is_user_error(err) or isinstance(err, OSError)):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 1

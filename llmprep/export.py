@@ -10,17 +10,16 @@ GPT's tensor names and a ``config.json`` holding its ``GPTConfig``, class count 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmprep.checkpoints import read_checkpoint
-from llmprep.errors import is_user_error, one_line
+from llmprep.commands import command_settings, run_command, setting
 from llmprep.model import GPT
 from llmprep.model.gpt import has_classifier_head
 from llmprep.model.init import checkpoint_model
@@ -78,37 +77,29 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     )
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or key not in {"ckpt_path", "out_dir"} or not value:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected ckpt_path=<file.ckpt> or out_dir=<folder>"
-        )
-    return key, value
+@dataclass
+class ExportSettings:
+    ckpt_path: str = setting(help="the checkpoint to export (.ckpt)")
+    out_dir: str = setting(help="the folder to write (made if missing; its other files kept)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``python -m llmprep.export`` command (also ``llmprep-export``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m llmprep.export",
-        description="Export a checkpoint (LoRA adapters merged) as a Hugging Face GPT-2 folder, "
-        "or a classifier in llmprep's safetensors layout.",
+    settings = command_settings(
+        ExportSettings,
+        argv,
+        "python -m llmprep.export",
+        "Export a checkpoint (LoRA adapters merged) as a Hugging Face GPT-2 folder, or a "
+        "classifier in llmprep's safetensors layout.",
+        ("python -m llmprep.export ckpt_path=<run>/checkpoints/best.ckpt out_dir=exported",),
     )
-    parser.add_argument("settings", nargs="+", type=_key_value, metavar="ckpt_path=... out_dir=...")
-    settings = dict(parser.parse_args(argv).settings)
-    missing = [key for key in ("ckpt_path", "out_dir") if key not in settings]
-    if missing:
-        parser.error(f"missing {' and '.join(missing)}=...")
-    try:
-        out = export_checkpoint(settings["ckpt_path"], settings["out_dir"])
-    except Exception as err:
-        if not (is_user_error(err) or isinstance(err, OSError)):
-            raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 1
-    kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
-    print(f"exported {settings['ckpt_path']} to {out} ({kind} folder)")
-    return 0
+
+    def export() -> None:
+        out = export_checkpoint(settings.ckpt_path, settings.out_dir)
+        kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
+        print(f"exported {settings.ckpt_path} to {out} ({kind} folder)")
+
+    return run_command(export)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,28 @@ def fit_checkpoint(
     return path
 
 
+def tiny_instruct_checkpoint(path: Path, context_length: int = 64, style: str = "phi3") -> Path:
+    """An ``instruct`` checkpoint of a tiny GPT with GPT-2's whole vocabulary, prompt style
+    ``style``, trained one step on random tokens: a model to use, not a good one."""
+    from dataclasses import asdict
+
+    import torch
+
+    from llmprep.stages.instruct.task import InstructTask
+
+    config = model_size("gpt2-tiny", context_length=context_length)
+    settings = {
+        "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "schedule": "constant"},
+        "lora": {"rank": 0},
+        "init_from": None,
+        "stage": {"name": "instruct"},
+    }
+    torch.manual_seed(0)
+    task = InstructTask(settings, asdict(config), prompt_style=style)
+    ids = torch.randint(0, config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    return fit_checkpoint(task, path, ids, steps=1)
+
+
 class FakeJudge(ThreadingHTTPServer):
     """A local LLM judge: answers chat requests with queued reply texts, records what it was sent.
 

@@ -219,6 +219,6 @@ def test_bad_command_lines_say_what_is_wrong(
     assert "missing ckpt_path=" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ckpt=x.ckpt", f"out_dir={tmp_path}"])
-    assert "expected ckpt_path=<file.ckpt> or out_dir=<folder>" in capsys.readouterr().err
+    assert "unknown key 'ckpt'; the keys are ckpt_path, out_dir" in capsys.readouterr().err
     assert main([f"ckpt_path={tmp_path / 'none.ckpt'}", f"out_dir={tmp_path}"]) == 1
     assert "none.ckpt': no such file" in capsys.readouterr().err

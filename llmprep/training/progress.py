@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,9 +18,12 @@ from rich.progress import (
 
 
 @contextmanager
-def progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """A bar of ``total`` items, shown while the block runs; the block calls the function it
-    gets with the number of items each piece of work finished (a batch: its prompts)."""
+def progress(
+    total: int, description: str, stderr: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """A bar of ``total`` items, shown while the block runs (on stderr with ``stderr``, for a
+    command whose stdout is its output); the block calls the function it gets with the number
+    of items each piece of work finished (a batch: its prompts)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -28,6 +32,6 @@ def progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
         TextColumn("•"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns) as bar:
+    with Progress(*columns, console=Console(stderr=stderr)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda done: bar.advance(task, done)
