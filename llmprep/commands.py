@@ -30,7 +30,9 @@ T = TypeVar("T")
 def setting(default: Any = MISSING, help: str = "") -> Any:
     """A dataclass field of a command's settings: its default (none: required) and help."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: default, metadata={"help": help})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}
+        )
     return dataclasses.field(default=default, metadata={"help": help})
 
 

@@ -1,11 +1,10 @@
-"""`python -m llmprep.chat`: a conversation in the terminal, streamed, with reset, quit and Ctrl-C."""
+"""`python -m llmprep.chat`: a conversation in the terminal, streamed; reset, quit, Ctrl-C."""
 
 from __future__ import annotations
 
 import io
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import tiny_instruct_checkpoint

@@ -27,7 +27,7 @@ def test_values_are_typed_and_text_is_taken_verbatim() -> None:
     assert parsed == Settings("a: b", "Translate: yes", 0.5, 3, ["x", "y"], False)
     assert parse_settings(Settings, ["ckpt_path=${x}", "prompt=null"]) == Settings("${x}")
     assert parse_settings(Settings, ["ckpt_path=null", "raw=true"]) == Settings("null", raw=True)
-    assert parse_settings(Settings, ["ckpt_path=a"]).stop == []  # no default shared
+    assert Settings("a").stop == [] and Settings("a").stop is not Settings("a").stop
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,7 @@ from rich.progress import (
 
 
 @contextmanager
-def progress(
-    total: int, description: str, stderr: bool = False
-) -> Iterator[Callable[[int], None]]:
+def progress(total: int, description: str, stderr: bool = False) -> Iterator[Callable[[int], None]]:
     """A bar of ``total`` items, shown while the block runs (on stderr with ``stderr``, for a
     command whose stdout is its output); the block calls the function it gets with the number
     of items each piece of work finished (a batch: its prompts)."""
