@@ -47,9 +47,14 @@ from llmprep.checkpoints import read_checkpoint
 from llmprep.data import records
 from llmprep.data.errors import DataError
 from llmprep.data.records import Place, Record
-from llmprep.data.resumable import ResumableDataModule, ResumableLoader
-from llmprep.data.windows import truncation_limit
-from llmprep.stages.instruct.data import collate_instruct, encode_records, has_target
+from llmprep.data.resumable import ResumableLoader
+from llmprep.stages.instruct.data import (
+    RecordsDataModule,
+    collate_instruct,
+    encode_records,
+    field_names,
+    has_target,
+)
 from llmprep.stages.instruct.prompts import PromptStyle, get_style
 
 log = logging.getLogger(__name__)
@@ -60,24 +65,6 @@ DEFAULT_STYLE = "alpaca"
 
 Pair = tuple[list[int], int, list[int], int]
 """One encoded pair: chosen ids (prompt + response), prompt length, rejected ids, prompt length."""
-
-
-def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
-    """Which key of a source record holds each of ``FIELDS``; unnamed fields keep their name.
-
-    ``input`` and ``output`` (the reference answer an LLM judge compares with) may map to
-    ``None`` for data without them: they are then empty.
-    """
-    names: dict[str, str | None] = {name: name for name in FIELDS}
-    for name, key in (fields or {}).items():
-        if name not in FIELDS:
-            raise ValueError(f"data.fields: unknown field {name!r}; the fields are {list(FIELDS)}")
-        if key is None and name in NONBLANK:
-            raise ValueError(
-                f"data.fields.{name} must name a key; only input and output may be null"
-            )
-        names[name] = key
-    return names
 
 
 def checkpoint_style(init_from: str | None) -> str:
@@ -124,7 +111,7 @@ def _described(places: Sequence[Place], shown: int = 3) -> str:
     return f"record{'s' if len(places) > 1 else ''} {indices}{more} of {places[0].path}"
 
 
-class PreferenceDataModule(ResumableDataModule):
+class PreferenceDataModule(RecordsDataModule):
     """Train / val / test batches of preference pairs for DPO.
 
     ``path``: a source name (``instruction-data-with-preference``), a file that
@@ -159,24 +146,20 @@ class PreferenceDataModule(ResumableDataModule):
         seed: int = 123,
         output_dir: str | None = None,
     ) -> None:
-        super().__init__(output_dir, batch_size, num_workers, seed)
-        if len(split) != 2:
-            raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
-        self.style = get_style(prompt_style or checkpoint_style(init_from))
-        self.fields = field_names(fields)
-        self.fractions = records.check_fractions(
-            {"train": split[0], "test": split[1]}, "data.split"
+        super().__init__(
+            path,
+            format,
+            field_names(fields, FIELDS, nullable=("input", "output")),
+            get_style(prompt_style or checkpoint_style(init_from)),
+            split,
+            max_length,
+            context_length,
+            batch_size,
+            num_workers,
+            seed,
+            output_dir,
         )
-        self.limit = truncation_limit(context_length, max_length)
-        self.max_length, self.context_length = max_length, context_length
-        self.path = str(path)
-        self.format = format
-        self.records: dict[str, list[Record]] = {}
         self.datasets: dict[str, list[Pair]] = {}
-
-    def prepare_data(self) -> None:
-        """Fetch the source once (download or mirror check, or the hub dataset)."""
-        records.fetch(self.path)
 
     def _read(self, source: str | Path) -> list[tuple[Place, Record]]:
         places, rows = records.read_records(source, self.fields, self.format, nonblank=NONBLANK)

@@ -34,18 +34,25 @@ log = logging.getLogger(__name__)
 FIELDS = ("instruction", "input", "output")
 
 
-def field_names(fields: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
-    """Which key of a source record holds each of ``instruction``, ``input`` and ``output``.
+def field_names(
+    fields: Mapping[str, str | None] | None = None,
+    known: Sequence[str] = FIELDS,
+    nullable: Sequence[str] = ("input",),
+) -> dict[str, str | None]:
+    """Which key of a source record holds each of the ``known`` fields (``instruction``,
+    ``input`` and ``output`` here; the dpo stage adds its pair).
 
-    Unnamed fields keep their own name. ``input`` may map to ``None`` for data without an input
-    column: every input is then empty.
+    Unnamed fields keep their own name. A ``nullable`` field may map to ``None`` for data
+    without that column (``input`` here: every input is then empty).
     """
-    names: dict[str, str | None] = {name: name for name in FIELDS}
+    names: dict[str, str | None] = {name: name for name in known}
     for name, key in (fields or {}).items():
-        if name not in FIELDS:
-            raise ValueError(f"data.fields: unknown field {name!r}; the fields are {list(FIELDS)}")
-        if key is None and name != "input":
-            raise ValueError(f"data.fields.{name} must name a key; only input may be null")
+        if name not in known:
+            raise ValueError(f"data.fields: unknown field {name!r}; the fields are {list(known)}")
+        if key is None and name not in nullable:
+            raise ValueError(
+                f"data.fields.{name} must name a key; only {' and '.join(nullable)} may be null"
+            )
         names[name] = key
     return names
 
@@ -128,7 +135,46 @@ class InstructCollate:
         return collate_instruct(ids, lengths, self.max_length, self.mask_prompt)
 
 
-class InstructDataModule(ResumableDataModule):
+class RecordsDataModule(ResumableDataModule):
+    """What the data modules of instruction records share (this stage's and dpo's): the source
+    ``path`` (``format`` forces a file format), its ``fields`` (already resolved by
+    ``field_names``), the ``[train, test]`` fractions ``split``, the prompt ``style``, the
+    truncation to ``min(max_length, context_length)`` tokens, and the records by split."""
+
+    def __init__(
+        self,
+        path: str,
+        format: str | None,
+        fields: dict[str, str | None],
+        style: PromptStyle,
+        split: Sequence[float],
+        max_length: int | None,
+        context_length: int,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        output_dir: str | None,
+    ) -> None:
+        super().__init__(output_dir, batch_size, num_workers, seed)
+        if len(split) != 2:
+            raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
+        self.style = style
+        self.fields = fields
+        self.fractions = records.check_fractions(
+            {"train": split[0], "test": split[1]}, "data.split"
+        )
+        self.limit = truncation_limit(context_length, max_length)
+        self.max_length, self.context_length = max_length, context_length
+        self.path = str(path)
+        self.format = format
+        self.records: dict[str, list[Record]] = {}
+
+    def prepare_data(self) -> None:
+        """Fetch the source once: a download or mirror check, or the hub dataset into its cache."""
+        records.fetch(self.path)
+
+
+class InstructDataModule(RecordsDataModule):
     """Train / val / test batches of instruction records for supervised fine-tuning.
 
     ``path``: a source name (``instruction-data``, resolved by ``llmprep.data.sources``), a file
@@ -170,27 +216,23 @@ class InstructDataModule(ResumableDataModule):
         seed: int = 123,
         output_dir: str | None = None,
     ) -> None:
-        super().__init__(output_dir, batch_size, num_workers, seed)
-        if len(split) != 2:
-            raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
-        self.style = get_style(prompt_style)
-        self.fields = field_names(fields)
-        self.fractions = records.check_fractions(
-            {"train": split[0], "test": split[1]}, "data.split"
+        super().__init__(
+            path,
+            format,
+            field_names(fields),
+            get_style(prompt_style),
+            split,
+            max_length,
+            context_length,
+            batch_size,
+            num_workers,
+            seed,
+            output_dir,
         )
-        self.limit = truncation_limit(context_length, max_length)
-        self.max_length, self.context_length = max_length, context_length
-        self.path = str(path)
-        self.format = format
         self.mask_prompt = mask_prompt
         self.bucket = bucket
-        self.records: dict[str, list[Record]] = {}
         # Each split's ``(token ids, prompt length)`` items, a dataset as DataLoader takes it.
         self.datasets: dict[str, list[tuple[list[int], int]]] = {}
-
-    def prepare_data(self) -> None:
-        """Fetch the source once: a download or mirror check, or the hub dataset into its cache."""
-        records.fetch(self.path)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and encode the records, and save the splits (first call only).

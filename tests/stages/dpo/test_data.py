@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 
 from llmprep.data.errors import DataError
 from llmprep.stages.dpo.data import (
+    FIELDS,
     PreferenceDataModule,
     checkpoint_style,
     collate_pairs,
-    field_names,
 )
 from llmprep.stages.instruct.prompts import get_style
 from llmprep.tokenizer import get_tokenizer
@@ -58,7 +58,7 @@ def test_book_file_splits_935_110_55_in_file_order_and_skips_its_identical_pairs
         dm.setup("fit")
     parts = {"train": data[:935], "test": data[935:1045], "val": data[1045:]}
     for split, part in parts.items():
-        assert dm.records[split] == [{k: r[k] for k in field_names()} for r in part]
+        assert dm.records[split] == [{k: r[k] for k in FIELDS} for r in part]
         distinct = [r for r in part if r["chosen"] != r["rejected"]]
         assert len(dm.datasets[split]) == len(distinct)
     identical = sum(r["chosen"] == r["rejected"] for r in data)
@@ -122,9 +122,9 @@ def test_renamed_fields_and_no_input_or_output(tmp_path: Path) -> None:
         "rejected": rows[17]["bad"],
     }
     with pytest.raises(ValueError, match=r"data\.fields\.chosen must name a key"):
-        field_names({"chosen": None})
+        PreferenceDataModule(fields={"chosen": None})
     with pytest.raises(ValueError, match="unknown field 'preferred'"):
-        field_names({"preferred": "x"})
+        PreferenceDataModule(fields={"preferred": "x"})
 
 
 @pytest.mark.parametrize(
