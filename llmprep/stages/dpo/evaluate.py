@@ -16,16 +16,20 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llmprep.files import write_json_atomically
 from llmprep.stages.dpo.data import PreferenceDataModule
 from llmprep.stages.dpo.task import DPOTask
-from llmprep.stages.instruct.evaluate import generation_settings, print_judgement, restored_run
-from llmprep.stages.instruct.judge import Judge, JudgeError
-from llmprep.training.report import eval_trainer, results_path, score
-from llmprep.training.task import is_sharded
+from llmprep.stages.instruct.evaluate import (
+    build_judge,
+    generation_settings,
+    print_judgement,
+    restored_run,
+    test_figures,
+)
+from llmprep.stages.instruct.judge import JudgeError
+from llmprep.training.report import eval_trainer, results_path
 
 RESPONSE_KEYS = {"model": "model_response", "reference": "reference_response"}
 """The answers in a test-response row, by who wrote them."""
@@ -73,24 +77,13 @@ def report(
     judge setting fails before any work. Under FSDP the shards are gone after testing, so the
     answers are left to ``evaluate.py``.
     """
-    judge: Judge | None = instantiate(cfg.judge) if OmegaConf.select(cfg, "eval.judge") else None
+    judge = build_judge(cfg)
     generation, limit = generation_settings(cfg, task, trainer)
-    results: dict[str, Any] = {"checkpoint": str(ckpt_path), "prompt_style": task.style.name}
-    weights = ckpt_path.name if ckpt_path else "final weights"
-    results["test"] = {
-        "records": len(datamodule.records["test"]),
-        **score(trainer, task, datamodule, ckpt_path, load, weights)["test"],
-    }
-    if not trainer.is_global_zero:
+    results, eval_file = test_figures(
+        trainer, task, datamodule, ckpt_path, load, "dpo", "DPO figures"
+    )
+    if eval_file is None:
         return results
-    eval_file = write_json_atomically(results_path(ckpt_path, trainer), results)
-    print(f"DPO figures written to {eval_file}")
-    if is_sharded(trainer):
-        print("\nUnder FSDP the shards are gone after testing: answer the test split with")
-        print(f"  python evaluate.py stage=dpo ckpt_path={ckpt_path or '<checkpoint>'}")
-        return results
-
-    task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
     rows = answer(task, datamodule.records["test"][:limit], generation, cfg.seed)
     responses_file = results_path(None if load else ckpt_path, trainer, "test_responses")
     write_json_atomically(responses_file, rows)

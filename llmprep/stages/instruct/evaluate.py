@@ -66,24 +66,13 @@ def report(
     ``judge`` group and is built first, so a bad judge setting fails before any work. Under
     FSDP the shards are gone after testing, so the answers are left to ``evaluate.py``.
     """
-    judge: Judge | None = instantiate(cfg.judge) if OmegaConf.select(cfg, "eval.judge") else None
-    results: dict[str, Any] = {"checkpoint": str(ckpt_path), "prompt_style": task.style.name}
-    weights = ckpt_path.name if ckpt_path else "final weights"
-    results["test"] = {
-        "records": len(datamodule.records["test"]),
-        **score(trainer, task, datamodule, ckpt_path, load, weights)["test"],
-    }
-    if not trainer.is_global_zero:
-        return results
-    eval_file = write_json_atomically(results_path(ckpt_path, trainer), results)
-    print(f"loss written to {eval_file}")
-    if is_sharded(trainer):
-        print("\nUnder FSDP the shards are gone after testing: answer the test split with")
-        print(f"  python evaluate.py stage=instruct ckpt_path={ckpt_path or '<checkpoint>'}")
-        return results
-
-    task.to(trainer.strategy.root_device)  # testing leaves the model on the CPU
+    judge = build_judge(cfg)
     generation, limit = generation_settings(cfg, task, trainer)
+    results, eval_file = test_figures(
+        trainer, task, datamodule, ckpt_path, load, "instruct", "loss"
+    )
+    if eval_file is None:
+        return results
     generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
     records = datamodule.records["test"][:limit]
     answered = task.respond(
@@ -108,6 +97,44 @@ def report(
         print_judgement(results["judge"])
         print(f"judge scores written to {eval_file}")
     return results
+
+
+def build_judge(cfg: DictConfig) -> Judge | None:
+    """The judge of the ``judge`` group with ``eval.judge``, built before any work so a bad
+    judge setting fails first; else None."""
+    return instantiate(cfg.judge) if OmegaConf.select(cfg, "eval.judge") else None
+
+
+def test_figures(
+    trainer: L.Trainer,
+    task: InstructTask,
+    datamodule: Any,
+    ckpt_path: Path | None,
+    load: bool,
+    stage: str,
+    what: str,
+) -> tuple[dict[str, Any], Path | None]:
+    """The test split's figures (``score``) in the results of ``stage``'s report, saved to
+    ``<name>.eval.json`` (``what`` they are, for the message). The file is None where no
+    answering may follow: on a rank other than 0, and under FSDP, whose shards are gone after
+    testing (the command that answers is printed instead). Rank 0 is left with the model on
+    its device, where testing leaves it on the CPU."""
+    results: dict[str, Any] = {"checkpoint": str(ckpt_path), "prompt_style": task.style.name}
+    weights = ckpt_path.name if ckpt_path else "final weights"
+    results["test"] = {
+        "records": len(datamodule.records["test"]),
+        **score(trainer, task, datamodule, ckpt_path, load, weights)["test"],
+    }
+    if not trainer.is_global_zero:
+        return results, None
+    eval_file = write_json_atomically(results_path(ckpt_path, trainer), results)
+    print(f"{what} written to {eval_file}")
+    if is_sharded(trainer):
+        print("\nUnder FSDP the shards are gone after testing: answer the test split with")
+        print(f"  python evaluate.py stage={stage} ckpt_path={ckpt_path or '<checkpoint>'}")
+        return results, None
+    task.to(trainer.strategy.root_device)
+    return results, eval_file
 
 
 def generation_settings(
