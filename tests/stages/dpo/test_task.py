@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llmprep.errors import CheckpointError
+from llmprep.inference import load_model
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.init import load_checkpoint_model
 from llmprep.stages import load_task
@@ -183,6 +184,9 @@ def test_checkpoints_refer_to_the_reference_instead_of_holding_it(chain) -> None
         assert torch.equal(task.reference.state_dict()[name], tensor), name
     tuned = load_checkpoint_model(path)
     assert not torch.equal(tuned.blocks[0].attn.query.weight, start.blocks[0].attn.query.weight)
+    used = load_model(str(path), "cpu")  # what generate, chat and serve answer with
+    assert used.style.name == "phi3"
+    assert torch.equal(used.model.blocks[0].attn.query.weight, tuned.blocks[0].attn.query.weight)
 
 
 def test_a_changed_reference_file_is_refused(chain, tmp_path: Path) -> None:
