@@ -21,7 +21,7 @@ from llmprep.checkpoints import local_checkpoint, read_checkpoint, require_resum
 from llmprep.errors import CheckpointError, ConfigError
 from llmprep.model.init import ARCH_KEYS, build_model
 from llmprep.resume import announce_resume
-from llmprep.stages import evaluator, get_stage, task_class
+from llmprep.stages import get_stage
 from llmprep.training.config import plain_config, redact
 from llmprep.training.hardware import apply_threads, trainer_kwargs
 from llmprep.training.interrupts import Interrupts
@@ -104,7 +104,7 @@ def build_task(
         output_dir=str(output_dir),
         _convert_="all",
     )
-    task = task_class(cfg.stage.name)(
+    task = get_stage(cfg.stage.name).Task(
         {key: config[key] for key in TASK_KEYS},
         asdict(model.config),
         model=model,
@@ -168,4 +168,4 @@ def run_evaluation(cfg: DictConfig) -> Any:
         )
     validate_config(cfg)
     apply_threads(cfg.hardware)
-    return evaluator(cfg.stage.name)(cfg, Path(cfg.ckpt_path).expanduser().resolve())
+    return get_stage(cfg.stage.name).evaluate(cfg, Path(cfg.ckpt_path).expanduser().resolve())

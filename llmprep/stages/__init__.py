@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,16 +35,6 @@ def get_stage(name: str) -> ModuleType:
     if name not in names:
         raise ConfigError(f"stage.name={name!r}: expected one of {', '.join(names)}")
     return importlib.import_module(f"{__name__}.{name}")
-
-
-def task_class(stage: str) -> type:
-    """The LightningModule class of ``stage``."""
-    return get_stage(stage).Task
-
-
-def evaluator(stage: str) -> Callable[..., Any]:
-    """The evaluation function of ``stage`` (``evaluate(cfg, ckpt_path)``)."""
-    return get_stage(stage).evaluate
 
 
 def stored_datamodule(stage: str, data: Mapping[str, Any], **settings: Any) -> Any:
@@ -83,7 +73,7 @@ def restore_task(
             f"ckpt_path={str(ckpt_path)!r} was trained by stage {trained_stage!r}, not {stage!r}: "
             f"run `python evaluate.py stage={trained_stage} ckpt_path=...`"
         )
-    task = task_class(stage)(**ckpt["hyper_parameters"])
+    task = get_stage(stage).Task(**ckpt["hyper_parameters"])
     task.on_load_checkpoint(ckpt)
     task.load_state_dict(ckpt["state_dict"])
     return task.to(device).eval()
