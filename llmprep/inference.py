@@ -268,7 +268,7 @@ def load_model(source: str, device: str = "auto") -> LoadedModel:
         model = checkpoint_model(ckpt, text)
         style = hparams.get("prompt_style")
     else:
-        folder = pretrained_folder(text)
+        folder = pretrained_folder(text, "ckpt_path")
         meta = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
         if meta.get("format") == CLASSIFIER_FORMAT:
             raise ValueError(

@@ -124,3 +124,7 @@ def test_bad_prompts_files_are_named(
     assert code == 1 and "r.jsonl" in err and "prompt" in err and "missing" in err
     code, _, err = run(capfd, f"ckpt_path={tmp_path / 'none.ckpt'}", "prompt=a")
     assert code == 1 and "none.ckpt" in err and "no such file" in err
+    code, _, err = run(capfd, "ckpt_path=./no-folder", "prompt=a")
+    assert code == 1 and "error: ckpt_path='./no-folder': no such folder" in err
+    code, _, err = run(capfd, "ckpt_path=openai-community/gpt2", "prompt=a")  # offline here
+    assert code == 1 and "Point ckpt_path at a local folder holding model.safetensors" in err

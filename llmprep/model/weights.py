@@ -270,8 +270,9 @@ class HubError(UserError, ConnectionError):
     """Pretrained weights named by a hub id are neither cached nor reachable."""
 
 
-def _download(repo_id: str) -> Path:
-    """The local folder holding ``repo_id``'s config and safetensors weights (hub cache)."""
+def _download(repo_id: str, setting: str) -> Path:
+    """The local folder holding ``repo_id``'s config and safetensors weights (hub cache);
+    ``setting`` is the key the id came from, named in the errors."""
     from huggingface_hub import errors, hf_hub_download
 
     try:
@@ -280,9 +281,9 @@ def _download(repo_id: str) -> Path:
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, ConnectionError):
         offline = os.environ.get("HF_HUB_OFFLINE", "0")
         raise HubError(
-            f"init_from={repo_id!r}: could not reach the Hugging Face hub (HF_HUB_OFFLINE="
+            f"{setting}={repo_id!r}: could not reach the Hugging Face hub (HF_HUB_OFFLINE="
             f"{offline}) and it is not in the local hub cache. "
-            "Point init_from at a local folder holding "
+            f"Point {setting} at a local folder holding "
             f"{WEIGHTS_FILE} and {CONFIG_FILE}, or at one of our checkpoints (.ckpt), instead."
         ) from None
     except (errors.RepositoryNotFoundError, errors.HFValidationError):
@@ -294,10 +295,11 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def pretrained_folder(name_or_path: str | Path) -> Path:
+def pretrained_folder(name_or_path: str | Path, setting: str = "init_from") -> Path:
     """The local folder of the pretrained weights ``name_or_path`` names: a folder, or a hub
     id (or a bare name from ``HUB_ALIASES``) downloaded into the hub cache. Anything that looks
-    like a path (starts with ``/``, ``.`` or ``~``) is never sent to the hub."""
+    like a path (starts with ``/``, ``.`` or ``~``) is never sent to the hub. ``setting`` is
+    the key the name came from, named in the errors."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -308,8 +310,8 @@ def pretrained_folder(name_or_path: str | Path) -> Path:
             "for one of our checkpoints (.ckpt) point init_from at it instead"
         )
     if text.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"no such folder: {path}")
-    return _download(HUB_ALIASES.get(text, text))
+        raise FileNotFoundError(f"{setting}={text!r}: no such folder ({path})")
+    return _download(HUB_ALIASES.get(text, text), setting)
 
 
 def weights_file(init_from: str | Path) -> Path:
