@@ -31,7 +31,7 @@ IGNORE_INDEX = -100
 
 LOSS_CHUNK = 512
 """Positions per chunk of :meth:`GPT.loss`: 512 x 50,257 fp32 logits are 103 MB at a time.
-On the CPU (gpt2-small's head, 2 threads) 256 was 5-10 % slower and 1024 or 2048 no faster."""
+On the CPU (gpt2-small's head, 2 threads) 256 was 4-10 % slower and 1024 or 2048 no faster."""
 
 
 class KVCache:
