@@ -247,6 +247,25 @@ def test_chunked_loss_equals_cross_entropy_on_the_full_logits(monkeypatch, tie: 
         torch.testing.assert_close(model.loss(idx, targets), plain)
 
 
+def test_chunked_loss_under_bf16_autocast_matches_the_full_logits(monkeypatch) -> None:
+    """As ``bf16-mixed`` training runs it: the head's gradient still in the weight's fp32."""
+    monkeypatch.setattr("llmprep.model.gpt.LOSS_CHUNK", 7)
+    model = tiny()
+    idx = torch.randint(0, VOCAB, (2, 10))
+    targets = torch.randint(0, VOCAB, (2, 10))
+
+    def full(m: GPT) -> torch.Tensor:
+        return F.cross_entropy(m(idx).flatten(0, 1), targets.flatten())
+
+    with torch.autocast("cpu", torch.bfloat16):
+        chunked, chunked_grads = _loss_and_grads(model, lambda m: m.loss(idx, targets))
+        plain, plain_grads = _loss_and_grads(model, full)
+    assert model.out_head.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(chunked, plain, rtol=1e-2, atol=1e-2)
+    for a, b in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
 def test_loss_of_a_frozen_or_replaced_head() -> None:
     """A frozen head gets no gradient (and the rest the right one); another head is scored on
     its own outputs."""
