@@ -44,7 +44,7 @@ from llmprep.model import GPT, GPTConfig  # noqa: E402
 from llmprep.model.init import model_config_from  # noqa: E402
 from llmprep.model.weights import hf_config  # noqa: E402
 from llmprep.run import build_trainer  # noqa: E402
-from llmprep.stages import task_class  # noqa: E402
+from llmprep.stages import get_stage  # noqa: E402
 from llmprep.training.config import plain_config  # noqa: E402
 from llmprep.training.optim import build_adamw, param_groups  # noqa: E402
 from llmprep.training.task import TASK_KEYS  # noqa: E402
@@ -249,7 +249,7 @@ def lightning(size: Size, steps: int, model_name: str) -> list[Phases]:
         cfg = run_config(size, model_name, steps, Path(tmp))
         config = plain_config(cfg)
         model = our_model(size)
-        task = task_class("pretrain")(
+        task = get_stage("pretrain").Task(
             {key: config[key] for key in TASK_KEYS}, asdict(model.config), model=model
         )
         task.run_config = config
