@@ -4,15 +4,19 @@ gpt2-small with seeded random weights (our pretraining default: untied head, no 
 exported to a Hugging Face folder (``export_hf``) and loaded back as ``GPT2LMHeadModel``. Both
 engines decode greedily, exactly ``--new-tokens`` new tokens (no end-of-text stop), for one
 prompt and for a batch of 8 prompts of different lengths (both left-padded with an attention
-mask). Prints new tokens/s as a markdown table, the machine, and whether each engine's greedy
-tokens match the other's.
+mask). Our engine runs twice: as it ships, and with ``torch.backends.mkldnn`` off, which sends
+its fp32 CPU linear layers back to ``F.linear`` (MKL), the baseline of ``model.gpt.Linear``'s
+oneDNN path. Rounds interleave the contenders so that a change in the machine's speed hits all
+alike; the table gives the median over rounds of new tokens/s, the machine, and whether each
+engine's greedy tokens match transformers'.
 
-    python bench/bench_generate.py [--device cuda] [--new-tokens 200]
+    python bench/bench_generate.py [--device cuda] [--new-tokens 200] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -35,15 +39,21 @@ PAD_ID = 50256
 
 
 def ours(
-    model: GPT, prompts: list[list[int]], new_tokens: int, device: torch.device
+    model: GPT, prompts: list[list[int]], new_tokens: int, device: torch.device, onednn: bool
 ) -> tuple[torch.Tensor, float]:
-    """Our new tokens [B, new_tokens] and the seconds they took."""
+    """Our new tokens [B, new_tokens] and the seconds they took; ``onednn=False`` runs the
+    linear layers on ``F.linear``."""
     idx, mask = left_pad(prompts, PAD_ID, device)
-    generate(model, idx, 2, attention_mask=mask)  # warm-up
-    result = {}
-    seconds = timed(
-        lambda: result.update(out=generate(model, idx, new_tokens, attention_mask=mask)), device
-    )
+    torch.backends.mkldnn.enabled = onednn  # not mkldnn.flags(), which warns about TF32
+    try:
+        generate(model, idx, 2, attention_mask=mask)  # warm-up
+        result = {}
+        seconds = timed(
+            lambda: result.update(out=generate(model, idx, new_tokens, attention_mask=mask)),
+            device,
+        )
+    finally:
+        torch.backends.mkldnn.enabled = True
     return result["out"][:, idx.shape[1] :].cpu(), seconds
 
 
@@ -78,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens to generate")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -92,22 +103,44 @@ def main() -> None:
     batch = [
         torch.randint(0, vocab, (n,), generator=generator).tolist() for n in BATCH_PROMPT_TOKENS
     ]
+    contenders = {
+        "ours": lambda prompts: ours(model, prompts, args.new_tokens, device, onednn=True),
+        "ours, F.linear": lambda prompts: ours(model, prompts, args.new_tokens, device, False),
+        "transformers": lambda prompts: hugging_face(hf, prompts, args.new_tokens, device),
+    }
+    cases = {"1 prompt": single, "8 prompts of different lengths": batch}
+    seconds = {(case, name): [] for case in cases for name in contenders}
+    tokens = {}
+    for _ in range(args.rounds):
+        for case, prompts in cases.items():
+            for name, run in contenders.items():
+                tokens[case, name], took = run(prompts)
+                seconds[case, name].append(took)
 
-    rows, checks = [], []
-    for label, prompts in (("1 prompt", single), ("8 prompts of different lengths", batch)):
-        our_tokens, our_seconds = ours(model, prompts, args.new_tokens, device)
-        hf_tokens, hf_seconds = hugging_face(hf, prompts, args.new_tokens, device)
-        new = len(prompts) * args.new_tokens
-        rows.append((label, new / our_seconds, new / hf_seconds))
-        checks.append(f"{label}: greedy tokens vs transformers: {agreement(our_tokens, hf_tokens)}")
-
-    print(f"gpt2-small, greedy, {args.new_tokens} new tokens per prompt; {machine(device)}\n")
-    print("| prompts | ours (new tokens/s) | transformers (new tokens/s) | ours / transformers |")
-    print("|---|---:|---:|---:|")
-    for label, our_rate, hf_rate in rows:
-        print(f"| {label} | {our_rate:,.1f} | {hf_rate:,.1f} | {our_rate / hf_rate:.2f}x |")
-    print(f"\n8 prompts / 1 prompt, ours: {rows[1][1] / rows[0][1]:.1f}x")
-    print("\n".join(checks))
+    rate = {
+        key: len(cases[key[0]]) * args.new_tokens / statistics.median(took)
+        for key, took in seconds.items()
+    }
+    print(
+        f"gpt2-small, greedy, {args.new_tokens} new tokens per prompt, median of {args.rounds} "
+        f"interleaved rounds; {machine(device)}\n"
+    )
+    print("| prompts | ours (new tokens/s) | ours, F.linear | transformers | ours / transformers |")
+    print("|---|---:|---:|---:|---:|")
+    for case in cases:
+        ours_rate, mkl_rate, hf_rate = (rate[case, name] for name in contenders)
+        print(
+            f"| {case} | {ours_rate:,.1f} | {mkl_rate:,.1f} | {hf_rate:,.1f} | "
+            f"{ours_rate / hf_rate:.2f}x |"
+        )
+    single_case, batch_case = cases
+    print(
+        f"\n8 prompts / 1 prompt, ours: {rate[batch_case, 'ours'] / rate[single_case, 'ours']:.1f}x"
+    )
+    for case in cases:
+        for name in ("ours", "ours, F.linear"):
+            same = agreement(tokens[case, name], tokens[case, "transformers"])
+            print(f"{case}, {name}: greedy tokens vs transformers: {same}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from conftest import model_size
 from torch import nn
 
 from llmprep.model import GPT, GPTConfig
-from llmprep.model.gpt import KVCache
+from llmprep.model.gpt import KVCache, Linear
 
 VOCAB = 97
 
@@ -48,6 +48,53 @@ def test_flops_per_token_match_torch_flop_counter(head: int | None) -> None:
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(idx).sum().backward()
     assert model.flops_per_token(24) * idx.numel() == counter.get_total_flops()
+
+
+class _OpsCalled(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every ATen operator that runs inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_runs_on_onednn_without_gradients_and_on_f_linear_in_training(
+    bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    layer, plain = Linear(48, 80, bias=bias), nn.Linear(48, 80, bias=bias)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 7, 48)[:, 2:]  # 3-D and not contiguous, as the head's last position
+    with torch.no_grad(), _OpsCalled() as ops:
+        fast = layer(x)
+    assert "mkldnn._linear_pointwise" in ops.names
+    torch.testing.assert_close(fast, plain(x), rtol=1e-5, atol=1e-5)
+    with monkeypatch.context() as switch, torch.no_grad(), _OpsCalled() as ops:
+        switch.setattr(torch.backends.mkldnn, "enabled", False)
+        layer(x)
+    assert "mkldnn._linear_pointwise" not in ops.names
+    assert torch.backends.mkldnn.enabled
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast's precision, as F.linear gives it
+
+    x.requires_grad_(True)
+    with _OpsCalled() as ops:
+        out = layer(x)
+    assert "mkldnn._linear_pointwise" not in ops.names
+    out.square().sum().backward()
+    plain(x.detach()).square().sum().backward()
+    assert torch.equal(layer.weight.grad, plain.weight.grad)
+    layer.weight.requires_grad_(False)  # a frozen layer under LoRA: the input still needs grad
+    with _OpsCalled() as ops:
+        layer(x)
+    assert "mkldnn._linear_pointwise" not in ops.names
 
 
 def test_layers_have_the_names_other_code_targets() -> None:

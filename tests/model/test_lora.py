@@ -10,6 +10,7 @@ from conftest import fit_checkpoint, run_cli
 
 from llmprep.model import GPT, GPTConfig
 from llmprep.model.generate import generate
+from llmprep.model.gpt import Linear
 from llmprep.model.init import build_model, load_checkpoint_model
 from llmprep.model.lora import LoraSettings, apply_lora, merge_lora
 from llmprep.stages.pretrain.task import PretrainTask
@@ -139,7 +140,7 @@ def test_merged_model_computes_what_the_adapted_one_does(base_ckpt: Path):
         adapted = task.model(idx)
     adapted_text = generate(task.model, idx[:, :4], max_new_tokens=6)
     merged = merge_lora(task.model)
-    assert type(merged.out_head) is torch.nn.Linear
+    assert type(merged.out_head) is Linear  # the plain vocabulary layer again, no adapter
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(merged(idx), adapted)
