@@ -6,7 +6,8 @@ dropout of 0.1 on the same random tokens, one process, ``--threads`` math thread
 interleave the contenders, so a change in the machine's load hits all of them alike; in each
 round a contender builds a fresh model and optimizer and takes ``--steps`` steps, the first of
 which is warm-up (compilation included) and not counted. The table gives medians over the
-counted steps of all rounds. MFU is model FLOPs (``GPT.flops_per_token``, the same for every
+counted steps of all rounds, with the fastest and slowest counted step beside them (the noise a
+ratio between rows has to beat). MFU is model FLOPs (``GPT.flops_per_token``, the same for every
 contender: one shape) per second over the fp32 matmul peak this run measures first.
 
     python bench/bench_train.py [--rounds 2] [--steps 4] [--threads 2] [--sizes 256x2 1024x1]
@@ -342,8 +343,10 @@ def main() -> None:
         for name in names:
             phases = [statistics.median(t[i] for t in times[name]) for i in range(3)]
             rate = rates[name]
+            totals = [sum(t) for t in times[name]]
+            spread = (min(totals), max(totals))
             rows.append(
-                (context, batch, name, rate, rates.get("book"), phases, rate * flops / peak)
+                (context, batch, name, rate, rates.get("book"), phases, spread, rate * flops / peak)
             )
 
     params = sum(p.numel() for p in shape.parameters())
@@ -353,15 +356,15 @@ def main() -> None:
     print(f"{args.rounds} rounds x {args.steps - 1} counted steps (after 1 warm-up), medians\n")
     print(
         "| context x batch | contender | tokens/s | x book | forward s | backward s | optimizer s "
-        "| MFU |"
+        "| step s, fastest-slowest | MFU |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for context, batch, name, rate, reference, phases, mfu in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for context, batch, name, rate, reference, phases, (fastest, slowest), mfu in rows:
         ratio = f"{rate / reference:.2f}" if reference else "-"
         fwd, bwd, opt = (f"{p:.3f}" for p in phases)
         print(
             f"| {context} x {batch} | {LABELS[name]} | {rate:,.1f} | {ratio} | {fwd} | {bwd} "
-            f"| {opt} | {mfu:.1%} |"
+            f"| {opt} | {fastest:.2f}-{slowest:.2f} | {mfu:.1%} |"
         )
     print("\nllmprep's forward column includes the head's backward (GPT.loss computes it).")
     for (name, context, batch), seconds in warmups.items():
