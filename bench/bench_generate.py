@@ -44,6 +44,7 @@ def ours(
     """Our new tokens [B, new_tokens] and the seconds they took; ``onednn=False`` runs the
     linear layers on ``F.linear``."""
     idx, mask = left_pad(prompts, PAD_ID, device)
+    was_enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = onednn  # not mkldnn.flags(), which warns about TF32
     try:
         generate(model, idx, 2, attention_mask=mask)  # warm-up
@@ -53,7 +54,7 @@ def ours(
             device,
         )
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = was_enabled
     return result["out"][:, idx.shape[1] :].cpu(), seconds
 
 

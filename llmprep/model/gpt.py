@@ -43,8 +43,8 @@ class Linear(nn.Linear):
     """``nn.Linear`` whose forward runs on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``,
     the kernel torch.compile's CPU backend emits for linear layers) when it is fp32 on the CPU,
     outside autocast and ``torch.compile``, and no gradient is wanted: generation, evaluation,
-    validation. Training
-    keeps ``F.linear`` and its autograd; the results agree to float rounding.
+    validation. Training keeps ``F.linear`` and its autograd; the results agree to float
+    rounding.
 
     Why: PyTorch's fp32 ``F.linear`` on the CPU calls MKL, which on the development machine's
     AMD EPYC runs decoding's products (1 to 8 rows) at about half of oneDNN's speed:
