@@ -2,13 +2,16 @@
 step) of the book's code, transformers' GPT-2 and ours (plain loop, Lightning, compiled).
 
 Every contender trains the same shape (``--model``, gpt2-small by default) with the book's
-dropout of 0.1 on the same random tokens, one process, ``--threads`` math threads. Rounds
-interleave the contenders, so a change in the machine's load hits all of them alike; in each
-round a contender builds a fresh model and optimizer and takes ``--steps`` steps, the first of
-which is warm-up (compilation included) and not counted. The table gives medians over the
-counted steps of all rounds, with the fastest and slowest counted step beside them (the noise a
-ratio between rows has to beat). MFU is model FLOPs (``GPT.flops_per_token``, the same for every
-contender: one shape) per second over the fp32 matmul peak this run measures first.
+dropout of 0.1 on the same random tokens, ``--threads`` math threads. Rounds interleave the
+contenders, so a change in the machine's load hits all of them alike; in each round a contender
+runs in a process of its own (so no contender inherits another's heap or allocator settings),
+builds a fresh model and optimizer and takes ``--steps`` steps, the first of which is warm-up
+(compilation included) and not counted. Our contenders set the process up as ``train.py`` does
+(``keep_freed_memory``), but for the rows that show our code before a change. The table gives
+medians over the counted steps of all rounds, with the fastest and slowest counted step beside
+them (the noise a ratio between rows has to beat). MFU is model FLOPs (``GPT.flops_per_token``,
+the same for every contender: one shape) per second over the fp32 matmul peak this run
+measures first.
 
     python bench/bench_train.py [--rounds 2] [--steps 4] [--threads 2] [--sizes 256x2 1024x1]
     python bench/bench_train.py --model gpt2-tiny --sizes 32x2 --rounds 1 --steps 2   # smoke
@@ -21,7 +24,9 @@ holds that part of the backward pass.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +52,7 @@ from llmprep.model.weights import hf_config  # noqa: E402
 from llmprep.run import build_trainer  # noqa: E402
 from llmprep.stages import get_stage  # noqa: E402
 from llmprep.training.config import plain_config  # noqa: E402
+from llmprep.training.hardware import apply_process_settings, keep_freed_memory  # noqa: E402
 from llmprep.training.optim import build_adamw, param_groups  # noqa: E402
 from llmprep.training.task import TASK_KEYS  # noqa: E402
 
@@ -175,13 +181,22 @@ def ours_full_logits(size: Size, steps: int) -> list[Phases]:
     return ours_before(size, steps, fused=True)
 
 
-def ours(size: Size, steps: int, compiled: bool = False) -> list[Phases]:
-    """Our GPT in a plain loop: ``GPT.loss`` and ``build_adamw``."""
+def ours(size: Size, steps: int, compiled: bool = False, keep: bool = True) -> list[Phases]:
+    """Our GPT in a plain loop: ``GPT.loss`` and ``build_adamw``, the process's freed memory
+    kept as ``train.py`` keeps it (unless not ``keep``)."""
+    if keep:
+        keep_freed_memory()
     model = our_model(size)
     if compiled:
         model.compile_blocks()
     optimizer = build_adamw(model.named_parameters(), {"lr": LR, "weight_decay": WEIGHT_DECAY})
     return plain_loop(size, steps, model.loss, optimizer, clip=model)
+
+
+def ours_default_malloc(size: Size, steps: int) -> list[Phases]:
+    """Our plain loop with glibc's malloc as it comes: freed blocks over 32 MB go back to the
+    kernel, and every step faults them in again."""
+    return ours(size, steps, keep=False)
 
 
 def ours_compiled(size: Size, steps: int) -> list[Phases]:
@@ -254,6 +269,7 @@ def lightning(size: Size, steps: int, model_name: str) -> list[Phases]:
             {key: config[key] for key in TASK_KEYS}, asdict(model.config), model=model
         )
         task.run_config = config
+        apply_process_settings(cfg.hardware)
         trainer = build_trainer(cfg, Path(tmp), None)
         clock = StepClock(size.device)
         trainer.callbacks.append(clock)
@@ -280,6 +296,7 @@ CONTENDERS: dict[str, Callable[..., list[Phases]]] = {
     "transformers": transformers_gpt2,
     "ours-before": ours_before,
     "ours-full-logits": ours_full_logits,
+    "ours-default-malloc": ours_default_malloc,
     "ours": ours,
     "ours-lightning": lightning,
     "ours-compiled": ours_compiled,
@@ -289,6 +306,7 @@ LABELS = {
     "transformers": "transformers GPT2LMHeadModel",
     "ours-before": "llmprep before #13 (full logits, unfused AdamW)",
     "ours-full-logits": "llmprep, fused AdamW, full logits",
+    "ours-default-malloc": "llmprep, plain loop, glibc's default malloc",
     "ours": "llmprep, plain loop",
     "ours-lightning": "llmprep, Lightning Trainer",
     "ours-compiled": "llmprep, plain loop, compile=true",
@@ -298,6 +316,36 @@ LABELS = {
 def parse_size(text: str) -> tuple[int, int]:
     context, batch = text.lower().split("x")
     return int(context), int(batch)
+
+
+def model_config(name: str) -> GPTConfig:
+    """The shape of ``conf/model/<name>.yaml``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return model_config_from(compose("train", overrides=[f"model={name}"]).model)
+
+
+def run_apart(name: str, size: str, args: argparse.Namespace) -> list[Phases]:
+    """One round of contender ``name`` at ``size`` (CONTEXTxBATCH) in a fresh process of its
+    own: this script with ``--worker``, which writes its steps' phases to a file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "phases.json"
+        command = [sys.executable, __file__, "--worker", name, "--worker-out", str(out)]
+        command += ["--model", args.model, "--sizes", size, "--steps", str(args.steps)]
+        command += ["--threads", str(args.threads), "--device", args.device]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{name} at {size} failed:\n{done.stderr}")
+        return [tuple(phases) for phases in json.loads(out.read_text())]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run contender ``--worker`` once at ``--sizes`` and write its phases to ``--worker-out``."""
+    torch.set_num_threads(args.threads)
+    context, batch = parse_size(args.sizes[0])
+    size = Size(model_config(args.model), context, batch, torch.device(args.device))
+    extra = (args.model,) if args.worker == "ours-lightning" else ()
+    phases = CONTENDERS[args.worker](size, args.steps, *extra)
+    Path(args.worker_out).write_text(json.dumps(phases))
 
 
 def main() -> None:
@@ -310,13 +358,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cuda: bf16 autocast (bf16-mixed)")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--peak-n", type=int, default=2048, help="matrix size of the peak")
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step of each round is warm-up")
+    if args.worker:
+        return worker(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        config = model_config_from(compose("train", overrides=[f"model={args.model}"]).model)
+    config = model_config(args.model)
     peak = fp32_matmul_peak(device, args.peak_n)
     names = list(args.contenders)
     if "book" in names:
@@ -329,13 +380,12 @@ def main() -> None:
     with torch.device("meta"):
         shape = GPT(config)
     rows, warmups = [], {}
-    for context, batch in map(parse_size, args.sizes):
-        size = Size(config, context, batch, device)
+    for text in args.sizes:
+        context, batch = parse_size(text)
         times: dict[str, list[Phases]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name in names:
-                extra = (args.model,) if name == "ours-lightning" else ()
-                steps = CONTENDERS[name](size, args.steps, *extra)
+                steps = run_apart(name, text, args)
                 warmups.setdefault((name, context, batch), sum(steps[0]))
                 times[name] += steps[1:]
         rates = {n: batch * context / statistics.median(sum(t) for t in times[n]) for n in names}

@@ -23,7 +23,7 @@ from llmprep.model.init import ARCH_KEYS, build_model
 from llmprep.resume import announce_resume
 from llmprep.stages import get_stage
 from llmprep.training.config import plain_config, redact
-from llmprep.training.hardware import apply_threads, trainer_kwargs
+from llmprep.training.hardware import apply_process_settings, trainer_kwargs
 from llmprep.training.interrupts import Interrupts
 from llmprep.training.loggers import build_logger, finish_logger
 from llmprep.training.task import TASK_KEYS, GPTTask
@@ -129,7 +129,7 @@ def train(cfg: DictConfig) -> float | None:
     job_num = hydra_cfg.job.num if hydra_cfg.mode == RunMode.MULTIRUN else None
     environ = dict(os.environ)
     pin_worker_command()
-    apply_threads(cfg.hardware)
+    apply_process_settings(cfg.hardware)
     L.seed_everything(cfg.seed, workers=True)
     config = plain_config(cfg)
     logger = build_logger(cfg.logger, cfg.stage.name, output_dir, job_num, config)
@@ -167,5 +167,5 @@ def run_evaluation(cfg: DictConfig) -> Any:
             "ckpt_path=outputs/pretrain/<day>/<time>/checkpoints/best.ckpt"
         )
     validate_config(cfg)
-    apply_threads(cfg.hardware)
+    apply_process_settings(cfg.hardware)
     return get_stage(cfg.stage.name).evaluate(cfg, Path(cfg.ckpt_path).expanduser().resolve())

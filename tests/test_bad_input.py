@@ -68,6 +68,10 @@ CONFIG_CASES = {
         ["stage=dpo", "stage.logprob=max"],
         ["stage.logprob must be mean or sum", "'max'"],
     ),
+    "keep_freed_memory not a boolean": (
+        ["hardware.keep_freed_memory=sometimes"],
+        ["hardware.keep_freed_memory='sometimes'", "true or false"],
+    ),
     "unknown stage in registry": (["stage.name=distill"], ["stage.name='distill'", "pretrain"]),
 }
 

@@ -106,6 +106,9 @@ def validate_config(cfg: DictConfig) -> None:
             f"resume={resume!r}: expected auto (the newest last.ckpt of this command) or null; "
             "resume a given checkpoint with ckpt_path=<file>"
         )
+    keep = OmegaConf.select(cfg, "hardware.keep_freed_memory", default=True)
+    if not isinstance(keep, bool):
+        raise ConfigError(f"hardware.keep_freed_memory={keep!r}: expected true or false")
     strategy = OmegaConf.select(cfg, "hardware.strategy", default=None)
     if isinstance(strategy, str) and strategy not in STRATEGIES:
         raise ConfigError(
