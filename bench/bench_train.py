@@ -324,13 +324,16 @@ def model_config(name: str) -> GPTConfig:
         return model_config_from(compose("train", overrides=[f"model={name}"]).model)
 
 
-def run_apart(name: str, size: str, args: argparse.Namespace) -> list[Phases]:
-    """One round of contender ``name`` at ``size`` (CONTEXTxBATCH) in a fresh process of its
-    own: this script with ``--worker``, which writes its steps' phases to a file."""
+def run_apart(
+    name: str, model: str, size: str, steps: int, args: argparse.Namespace
+) -> list[Phases]:
+    """One round of contender ``name`` (``steps`` steps of ``model`` at ``size``, CONTEXTxBATCH)
+    in a fresh process of its own: this script with ``--worker``, which writes its steps'
+    phases to a file."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "phases.json"
         command = [sys.executable, __file__, "--worker", name, "--worker-out", str(out)]
-        command += ["--model", args.model, "--sizes", size, "--steps", str(args.steps)]
+        command += ["--model", model, "--sizes", size, "--steps", str(steps)]
         command += ["--threads", str(args.threads), "--device", args.device]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
@@ -346,6 +349,23 @@ def worker(args: argparse.Namespace) -> None:
     extra = (args.model,) if args.worker == "ours-lightning" else ()
     phases = CONTENDERS[args.worker](size, args.steps, *extra)
     Path(args.worker_out).write_text(json.dumps(phases))
+
+
+OVERHEAD_MODEL, OVERHEAD_SIZE, OVERHEAD_STEPS = "gpt2-tiny", "128x2", 41
+"""Where the Lightning Trainer's own time per step is measured: a model whose step takes about
+0.1 s, so milliseconds of loop, logging and callbacks are not lost in a large step's noise."""
+
+
+def trainer_overhead(args: argparse.Namespace) -> tuple[float, float]:
+    """Median seconds of a counted step of our plain loop and of our Lightning run, for
+    ``OVERHEAD_MODEL`` at ``OVERHEAD_SIZE``, over ``--rounds`` interleaved rounds."""
+    totals: dict[str, list[float]] = {"ours": [], "ours-lightning": []}
+    for _ in range(args.rounds):
+        for name, steps in totals.items():
+            phases = run_apart(name, OVERHEAD_MODEL, OVERHEAD_SIZE, OVERHEAD_STEPS, args)
+            steps += [sum(p) for p in phases[1:]]
+    plain, trained = (statistics.median(t) for t in totals.values())
+    return plain, trained
 
 
 def main() -> None:
@@ -385,7 +405,7 @@ def main() -> None:
         times: dict[str, list[Phases]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name in names:
-                steps = run_apart(name, text, args)
+                steps = run_apart(name, args.model, text, args.steps, args)
                 warmups.setdefault((name, context, batch), sum(steps[0]))
                 times[name] += steps[1:]
         rates = {n: batch * context / statistics.median(sum(t) for t in times[n]) for n in names}
@@ -417,6 +437,21 @@ def main() -> None:
             f"| {opt} | {fastest:.2f}-{slowest:.2f} | {mfu:.1%} |"
         )
     print("\nllmprep's forward column includes the head's backward (GPT.loss computes it).")
+    if {"ours", "ours-lightning"} <= set(names):
+        plain, trained = trainer_overhead(args)
+        extra = trained - plain
+        print(
+            f"\nThe Trainer's own time per step ({OVERHEAD_MODEL} at {OVERHEAD_SIZE}, "
+            f"{args.rounds} rounds x {OVERHEAD_STEPS - 1} steps, medians): plain loop "
+            f"{plain * 1e3:.1f} ms, Lightning {trained * 1e3:.1f} ms, {extra * 1e3:+.1f} ms a step"
+        )
+        for context, batch, name, rate, *_ in rows:
+            if name == "ours":
+                step = context * batch / rate
+                print(
+                    f"  = {extra / step:+.2%} of the plain loop's {args.model} step at "
+                    f"{context} x {batch} ({step:.2f} s)"
+                )
     for (name, context, batch), seconds in warmups.items():
         if name == "ours-compiled":
             print(f"\nfirst compiled step (compiling) at {context} x {batch}: {seconds:.1f} s")
