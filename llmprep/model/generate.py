@@ -148,8 +148,31 @@ def stream(
     stop: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Continue each row of ``idx`` [B, T], yielding the next token of every row, [B], as soon
-    as it is chosen; the arguments are :func:`generate`'s, which collects these steps.
+    """Continue each row of ``idx`` [B, T] by up to ``max_new_tokens`` tokens, yielding every
+    row's next token, [B], as soon as it is chosen (:func:`generate` collects them).
+
+    ``temperature=0`` is greedy decoding (``top_k``/``top_p`` are then irrelevant); otherwise
+    tokens are sampled from the softmax of logits / temperature, restricted to the ``top_k`` most
+    likely and to the ``top_p`` nucleus. Sampling draws from ``generator`` (or the global RNG), so
+    a seeded generator or ``torch.manual_seed`` reproduces it (a batch draws for all its rows at
+    once, so a row's sample depends on its batch). Greedy rows of a batch give the tokens they
+    give alone. Each of ``temperature``, ``top_k``, ``top_p`` and ``generator`` may instead be a
+    list with one value per row (a server batching requests with their own settings): rows with
+    their own seeded generators then sample what they sample alone.
+
+    Prompts of different lengths come left-padded with their ``attention_mask`` [B, T] (True at
+    real tokens; :func:`left_pad` makes both). A row stops at its own ``eos_id`` (which is kept),
+    or at the token that completes one of the ``stop`` strings in its continuation as
+    ``decode(new ids)`` spells it (the token is kept; :func:`cut_at_stop` cuts the text before
+    the string); its later positions hold ``pad_id`` (default ``eos_id``, else 0), and
+    generation ends early once every row has stopped.
+
+    ``model`` is any module with ``config.context_length`` whose ``forward(idx, kv_cache=...,
+    attention_mask=..., last_only=True)`` returns the last position's logits [B, 1, vocab] as
+    ``GPT``'s does (LoRA adapters are injected into it, so an adapted GPT is one);
+    ``use_cache=False`` passes ``kv_cache=None`` and re-runs the whole window each step. The
+    model runs in eval mode without gradients, and its modes are restored afterwards
+    (``evaluating``).
 
     The arguments are checked when this is called, before the first step runs. A stopped row
     yields ``pad_id`` from the step after its stop on; the iteration ends after
@@ -272,59 +295,9 @@ def _hit_stop(
 
 
 def generate(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float | Sequence[float] = 0.0,
-    top_k: int | Sequence[int | None] | None = None,
-    top_p: float | Sequence[float | None] | None = None,
-    eos_id: int | None = None,
-    use_cache: bool = True,
-    pad_id: int | None = None,
-    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
-    attention_mask: torch.Tensor | None = None,
-    stop: Sequence[str] = (),
-    decode: Callable[[list[int]], str] | None = None,
+    model: nn.Module, idx: torch.Tensor, max_new_tokens: int, **settings: Any
 ) -> torch.Tensor:
-    """Continue each row of ``idx`` [B, T] by up to ``max_new_tokens`` tokens; returns the prompt
-    and its continuation, [B, T + n].
-
-    ``temperature=0`` is greedy decoding (``top_k``/``top_p`` are then irrelevant); otherwise
-    tokens are sampled from the softmax of logits / temperature, restricted to the ``top_k`` most
-    likely and to the ``top_p`` nucleus. Sampling draws from ``generator`` (or the global RNG), so
-    a seeded generator or ``torch.manual_seed`` reproduces it (a batch draws for all its rows at
-    once, so a row's sample depends on its batch). Greedy rows of a batch give the tokens they
-    give alone. Each of ``temperature``, ``top_k``, ``top_p`` and ``generator`` may instead be a
-    list with one value per row (a server batching requests with their own settings): rows with
-    their own seeded generators then sample what they sample alone.
-
-    Prompts of different lengths come left-padded with their ``attention_mask`` [B, T] (True at
-    real tokens; :func:`left_pad` makes both). A row stops at its own ``eos_id`` (which is kept),
-    or at the token that completes one of the ``stop`` strings in its continuation as
-    ``decode(new ids)`` spells it (the token is kept; :func:`cut_at_stop` cuts the text before
-    the string); its later positions hold ``pad_id`` (default ``eos_id``, else 0), and
-    generation ends early once every row has stopped.
-
-    ``model`` is any module with ``config.context_length`` whose ``forward(idx, kv_cache=...,
-    attention_mask=..., last_only=True)`` returns the last position's logits [B, 1, vocab] as
-    ``GPT``'s does (LoRA adapters are injected into it, so an adapted GPT is one);
-    ``use_cache=False`` passes ``kv_cache=None`` and re-runs the whole window each step. The
-    model runs in eval mode without gradients, and its modes are restored afterwards
-    (``evaluating``).
-    """
-    steps = stream(
-        model,
-        idx,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        use_cache=use_cache,
-        pad_id=pad_id,
-        generator=generator,
-        attention_mask=attention_mask,
-        stop=stop,
-        decode=decode,
-    )
+    """The prompt ``idx`` [B, T] and its continuation, [B, T + n]: :func:`stream`'s steps (with
+    its keyword ``settings``) collected."""
+    steps = stream(model, idx, max_new_tokens, **settings)
     return torch.cat([idx, *(step[:, None].to(idx.dtype) for step in steps)], dim=1)

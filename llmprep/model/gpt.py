@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from llmprep.model.config import GPTConfig, is_int
@@ -54,7 +54,7 @@ class Linear(nn.Linear):
     False`` turns this off.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         if (
             _ONEDNN_LINEAR
             and torch.backends.mkldnn.enabled
@@ -87,9 +87,9 @@ class KVCache:
         if not is_int(capacity) or capacity < 1:
             raise ValueError(f"KVCache capacity must be a positive integer, got {capacity!r}")
         self.capacity = capacity
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self._real: torch.Tensor | None = None  # [B, capacity] bool: stored position is a token
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self._real: Tensor | None = None  # [B, capacity] bool: stored position is a token
         self._padded = False
         self._length = 0
         self._batch = 0
@@ -99,12 +99,12 @@ class KVCache:
         return self._length
 
     @property
-    def mask(self) -> torch.Tensor | None:
+    def mask(self) -> Tensor | None:
         """[B, len] bool, True at the stored positions that hold real tokens; None while none
         is padding."""
         return self._real[:, : self._length] if self._padded else None
 
-    def append(self, batch: int, time: int, attention_mask: torch.Tensor | None) -> None:
+    def append(self, batch: int, time: int, attention_mask: Tensor | None) -> None:
         """Make room for ``time`` new positions of ``batch`` sequences, real where
         ``attention_mask`` [B, time] is True (None: all real). The blocks then write their keys
         and values for these positions with :meth:`update`."""
@@ -129,9 +129,7 @@ class KVCache:
             self._real[:, start:end] = True if attention_mask is None else attention_mask
         self._batch, self._length = batch, end
 
-    def update(
-        self, layer: int, keys: torch.Tensor, values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``keys``/``values`` ([B, heads, T, head_dim]) of block ``layer`` at the positions
         :meth:`append` made room for; return all keys and values stored for that block."""
         end = self._length
@@ -156,7 +154,7 @@ class KVCache:
         self._padded = False
 
 
-def padding_attention_mask(real: torch.Tensor, time: int) -> torch.Tensor:
+def padding_attention_mask(real: Tensor, time: int) -> Tensor:
     """The attention mask [B, 1, time, keys] (True: may attend) of the last ``time`` of the keys
     whose real tokens ``real`` [B, keys] marks: each query sees the real keys up to its own
     position, never padding. A padding query sees only itself (a row with no key at all would
@@ -182,16 +180,11 @@ class CausalSelfAttention(nn.Module):
         self.value = Linear(config.emb_dim, config.emb_dim, bias=config.qkv_bias)
         self.out_proj = Linear(config.emb_dim, config.emb_dim)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _split_heads(self, x: Tensor) -> Tensor:
         batch, time, _ = x.shape
         return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCache | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
         """``attn_mask`` [B, 1, T, keys] (True: may attend), from :func:`attention_mask`, when
         some keys are padding; without it the mask is the plain causal one."""
         batch, time, width = x.shape
@@ -223,7 +216,7 @@ class FeedForward(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.proj = Linear(4 * config.emb_dim, config.emb_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.act(self.fc(x)))
 
 
@@ -238,12 +231,8 @@ class Block(nn.Module):
         self.ff = FeedForward(config)
         self.drop_shortcut = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        kv_cache: KVCache | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
+        """The block on ``x`` [B, T, emb_dim]; the attention gets ``kv_cache`` and ``attn_mask``."""
         x = x + self.drop_shortcut(self.attn(self.norm1(x), kv_cache, attn_mask))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
@@ -358,18 +347,18 @@ class GPT(nn.Module):
 
     def forward(
         self,
-        idx: torch.Tensor,
+        idx: Tensor,
         kv_cache: KVCache | None = None,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: Tensor | None = None,
         last_only: bool = False,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """Logits for every position of ``idx`` (see :meth:`hidden_states` for ``kv_cache`` and
         ``attention_mask``); with ``last_only`` for the last position only, [B, 1, outputs]:
         all generation needs, without the head's cost over the whole prompt."""
         hidden = self.hidden_states(idx, kv_cache, attention_mask)
         return self.out_head(hidden[:, -1:] if last_only else hidden)
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy of ``forward(idx)`` against ``targets`` [B, T]
         (``IGNORE_INDEX`` skipped), as ``F.cross_entropy`` on the full logits gives it.
 
@@ -393,10 +382,10 @@ class GPT(nn.Module):
 
     def hidden_states(
         self,
-        idx: torch.Tensor,
+        idx: Tensor,
         kv_cache: KVCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """The final LayerNorm's output [B, T, emb_dim], what ``out_head`` reads.
 
         With ``kv_cache``, ``idx`` holds only the tokens after those already in the cache.
@@ -439,7 +428,7 @@ class GPT(nn.Module):
         blocks = (self.compiled_blocks or self.blocks) if plain else self.blocks
         for block in blocks:
             if recompute and plain:
-                x = checkpoint(block, x, None, use_reentrant=False)
+                x = checkpoint(block, x, None, None, use_reentrant=False)
             else:
                 x = block(x, kv_cache, attn_mask)
         return self.final_norm(x)
