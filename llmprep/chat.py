@@ -14,10 +14,10 @@ the conversation) and returns to the prompt; Ctrl-C at the prompt only clears th
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmprep.commands import command_settings, run_command, setting
+from llmprep.commands import command_main, setting
 from llmprep.generate import ModelSettings
 from llmprep.inference import LoadedModel, load_model
 
@@ -96,17 +96,13 @@ def chat(
         messages.append({"role": "assistant", "content": answer})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m llmprep.chat`` command."""
-    settings = command_settings(
-        ChatSettings,
-        argv,
-        "python -m llmprep.chat",
-        "Talk to a trained model in the terminal (see llmprep/chat.py's docstring).",
-        EXAMPLES,
-    )
-    return run_command(lambda: chat(load_model(settings.ckpt_path, settings.device), settings))
-
+main = command_main(
+    ChatSettings,
+    lambda settings: chat(load_model(settings.ckpt_path, settings.device), settings),
+    "python -m llmprep.chat",
+    "Talk to a trained model in the terminal (see llmprep/chat.py's docstring).",
+    EXAMPLES,
+)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -122,3 +122,21 @@ def run_command(command: Callable[[], int | None]) -> int:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
+
+
+def command_main(
+    schema: type[T],
+    work: Callable[[T], int | None],
+    prog: str,
+    description: str,
+    examples: Sequence[str] = (),
+) -> Callable[..., int]:
+    """The ``main(argv=None) -> int`` of the command ``prog``: its settings read into ``schema``
+    by :func:`command_settings`, then ``work(settings)`` under :func:`run_command`."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        settings = command_settings(schema, argv, prog, description, examples)
+        return run_command(lambda: work(settings))
+
+    main.__doc__ = f"The ``{prog}`` command."
+    return main

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from llmprep.checkpoints import read_checkpoint
-from llmprep.commands import command_settings, run_command, setting
+from llmprep.commands import command_main, setting
 from llmprep.model import GPT
 from llmprep.model.gpt import has_classifier_head
 from llmprep.model.init import checkpoint_model
@@ -83,24 +83,21 @@ class ExportSettings:
     out_dir: str = setting(help="the folder to write (made if missing; its other files kept)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m llmprep.export`` command (also ``llmprep-export``)."""
-    settings = command_settings(
-        ExportSettings,
-        argv,
-        "python -m llmprep.export",
-        "Export a checkpoint (LoRA adapters merged) as a Hugging Face GPT-2 folder, or a "
-        "classifier in llmprep's safetensors layout.",
-        ("python -m llmprep.export ckpt_path=<run>/checkpoints/best.ckpt out_dir=exported",),
-    )
+def export(settings: ExportSettings) -> None:
+    """Export ``settings.ckpt_path`` and say what was written where."""
+    out = export_checkpoint(settings.ckpt_path, settings.out_dir)
+    kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
+    print(f"exported {settings.ckpt_path} to {out} ({kind} folder)")
 
-    def export() -> None:
-        out = export_checkpoint(settings.ckpt_path, settings.out_dir)
-        kind = read_json(out / CONFIG_FILE).get("format", "Hugging Face GPT-2")
-        print(f"exported {settings.ckpt_path} to {out} ({kind} folder)")
 
-    return run_command(export)
-
+main = command_main(
+    ExportSettings,
+    export,
+    "python -m llmprep.export",
+    "Export a checkpoint (LoRA adapters merged) as a Hugging Face GPT-2 folder, or a "
+    "classifier in llmprep's safetensors layout.",
+    ("python -m llmprep.export ckpt_path=<run>/checkpoints/best.ckpt out_dir=exported",),
+)
 
 if __name__ == "__main__":
     sys.exit(main())

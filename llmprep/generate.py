@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llmprep.commands import command_settings, run_command, setting
+from llmprep.commands import command_main, setting
 from llmprep.data.records import read_records
 from llmprep.files import atomic_path
 from llmprep.inference import Completion, LoadedModel, Sampling, load_model
@@ -151,12 +151,7 @@ def _counts(completion: Completion) -> dict[str, object]:
     return fields
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m llmprep.generate`` command."""
-    settings = command_settings(
-        GenerateSettings, argv, "python -m llmprep.generate", DESCRIPTION, EXAMPLES
-    )
-    return run_command(lambda: generate(settings))
+main = command_main(GenerateSettings, generate, "python -m llmprep.generate", DESCRIPTION, EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from llmprep.commands import command_settings, run_command, setting
+from llmprep.commands import command_main, setting
 from llmprep.inference import LoadedModel, Prediction, Sampling, load_model
 
 HEALTH_PATH = "/health"
@@ -445,12 +445,7 @@ def serve(settings: ServeSettings) -> None:
     server.run(host=settings.host, port=settings.port, generate_client_file=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m llmprep.serve`` command."""
-    settings = command_settings(
-        ServeSettings, argv, "python -m llmprep.serve", DESCRIPTION, EXAMPLES
-    )
-    return run_command(lambda: serve(settings))
+main = command_main(ServeSettings, serve, "python -m llmprep.serve", DESCRIPTION, EXAMPLES)
 
 
 if __name__ == "__main__":
