@@ -11,15 +11,7 @@ import torch
 
 from llmprep.checkpoints import read_checkpoint
 from llmprep.model import GPT, GPTConfig
-from llmprep.model.lora import (
-    CHECKPOINT_KEY,
-    PREFIX,
-    LoraSettings,
-    apply_lora,
-    fill_base_tensors,
-    load_base,
-    merge_lora,
-)
+from llmprep.model.lora import CHECKPOINT_KEY, PREFIX, load_base, load_merged
 from llmprep.model.weights import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -68,10 +60,7 @@ def checkpoint_model(
     if lora is None:
         model.load_state_dict(state)
         return model
-    base = model.state_dict()
-    apply_lora(model, LoraSettings.from_config(lora))
-    model.load_state_dict(fill_base_tensors(model, state, base, str(path)))
-    return merge_lora(model)
+    return load_merged(model, lora, state, str(path))
 
 
 def load_checkpoint_model(path: str | Path, dropout: float | None = None) -> GPT:

@@ -212,6 +212,18 @@ def fill_base_tensors(
     return full
 
 
+def load_merged(
+    model: GPT, lora: Mapping[str, Any], stored: Mapping[str, torch.Tensor], origin: str
+) -> GPT:
+    """``model``, the base a LoRA checkpoint's ``lora`` entry describes, with the adapters (and
+    stage tensors) it ``stored`` loaded and merged in: a plain GPT. ``origin`` names the
+    checkpoint in errors."""
+    base = model.state_dict()
+    apply_lora(model, LoraSettings.from_config(lora))
+    model.load_state_dict(fill_base_tensors(model, stored, base, origin))
+    return merge_lora(model)
+
+
 def base_reference(init_from: str) -> dict[str, str]:
     """What a LoRA checkpoint records about its base: ``init_from`` (a local path made
     absolute, so loading works from any folder; a hub id as given) and the sha256 of its weights

@@ -35,7 +35,7 @@ records; ``records`` and the saved split files hold the records as read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ from llmprep.stages.instruct.data import (
     RecordsDataModule,
     collate_instruct,
     encode_records,
-    field_names,
     has_target,
 )
 from llmprep.stages.instruct.prompts import PromptStyle, get_style
@@ -131,34 +130,17 @@ class PreferenceDataModule(RecordsDataModule):
     what happens to bad records.
     """
 
+    FIELDS = FIELDS
+    NULLABLE = ("input", "output")
+
     def __init__(
         self,
         path: str = "instruction-data-with-preference",
-        format: str | None = None,
-        fields: Mapping[str, str | None] | None = None,
         prompt_style: str | None = None,
         init_from: str | None = None,
-        split: Sequence[float] = (0.85, 0.10),
-        max_length: int | None = 1024,
-        context_length: int = 1024,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 123,
-        output_dir: str | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            path,
-            format,
-            field_names(fields, FIELDS, nullable=("input", "output")),
-            get_style(prompt_style or checkpoint_style(init_from)),
-            split,
-            max_length,
-            context_length,
-            batch_size,
-            num_workers,
-            seed,
-            output_dir,
-        )
+        super().__init__(path, get_style(prompt_style or checkpoint_style(init_from)), **settings)
         self.datasets: dict[str, list[Pair]] = {}
 
     def _read(self, source: str | Path) -> list[tuple[Place, Record]]:

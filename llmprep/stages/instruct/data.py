@@ -136,30 +136,35 @@ class InstructCollate:
 
 
 class RecordsDataModule(ResumableDataModule):
-    """What the data modules of instruction records share (this stage's and dpo's): the source
-    ``path`` (``format`` forces a file format), its ``fields`` (already resolved by
-    ``field_names``), the ``[train, test]`` fractions ``split``, the prompt ``style``, the
-    truncation to ``min(max_length, context_length)`` tokens, and the records by split."""
+    """What the data modules of instruction records share (this stage's and dpo's), settings
+    a subclass takes as its ``**settings``: ``fields`` renames the source keys of the class's
+    ``FIELDS`` (``field_names``; those in ``NULLABLE`` may be null), ``format`` forces a file
+    format, ``split`` is the ``[train, test]`` fractions, examples are cut to
+    ``min(max_length, context_length)`` tokens, and ``batch_size``, ``num_workers``, ``seed`` and
+    ``output_dir`` are ``ResumableDataModule``'s. The records by split land in ``records``."""
+
+    FIELDS: tuple[str, ...] = FIELDS
+    NULLABLE: tuple[str, ...] = ("input",)
 
     def __init__(
         self,
         path: str,
-        format: str | None,
-        fields: dict[str, str | None],
         style: PromptStyle,
-        split: Sequence[float],
-        max_length: int | None,
-        context_length: int,
-        batch_size: int,
-        num_workers: int,
-        seed: int,
-        output_dir: str | None,
+        fields: Mapping[str, str | None] | None = None,
+        format: str | None = None,
+        split: Sequence[float] = (0.85, 0.10),
+        max_length: int | None = 1024,
+        context_length: int = 1024,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 123,
+        output_dir: str | None = None,
     ) -> None:
         super().__init__(output_dir, batch_size, num_workers, seed)
         if len(split) != 2:
             raise ValueError(f"data.split is [train fraction, test fraction], got {list(split)}")
         self.style = style
-        self.fields = fields
+        self.fields = field_names(fields, self.FIELDS, self.NULLABLE)
         self.fractions = records.check_fractions(
             {"train": split[0], "test": split[1]}, "data.split"
         )
@@ -203,32 +208,12 @@ class InstructDataModule(RecordsDataModule):
     def __init__(
         self,
         path: str = "instruction-data",
-        format: str | None = None,
-        fields: Mapping[str, str | None] | None = None,
         prompt_style: str = "alpaca",
-        split: Sequence[float] = (0.85, 0.10),
         mask_prompt: bool = False,
-        max_length: int | None = 1024,
-        context_length: int = 1024,
-        batch_size: int = 8,
-        num_workers: int = 0,
         bucket: bool = False,
-        seed: int = 123,
-        output_dir: str | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            path,
-            format,
-            field_names(fields),
-            get_style(prompt_style),
-            split,
-            max_length,
-            context_length,
-            batch_size,
-            num_workers,
-            seed,
-            output_dir,
-        )
+        super().__init__(path, get_style(prompt_style), **settings)
         self.mask_prompt = mask_prompt
         self.bucket = bucket
         # Each split's ``(token ids, prompt length)`` items, a dataset as DataLoader takes it.
