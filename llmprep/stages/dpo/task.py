@@ -108,8 +108,9 @@ class DPOTask(InstructTask):
         config: dict[str, Any],
         model_config: dict[str, Any],
         model: GPT | None = None,
-        prompt_style: str = "alpaca",
+        **instruct: Any,
     ) -> None:
+        """``instruct``: :class:`InstructTask`'s settings (the ``prompt_style``)."""
         settings = DPOSettings.from_stage(config["stage"])
         self_copy = not (config.get("lora") or {}).get("rank", 0)
         reference = None
@@ -117,7 +118,7 @@ class DPOTask(InstructTask):
             reference = (
                 copy.deepcopy(model) if model is not None else GPT(GPTConfig(**model_config))
             )
-        super().__init__(config, model_config, model, prompt_style)
+        super().__init__(config, model_config, model, **instruct)
         self.settings = settings
         self.reference = reference
         if reference is not None:
