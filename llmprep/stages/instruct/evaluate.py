@@ -10,7 +10,7 @@ answers are saved.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from llmprep.errors import ConfigError
 from llmprep.files import write_json_atomically
 from llmprep.stages import load_task, stored_datamodule
-from llmprep.stages.instruct.data import InstructDataModule
 from llmprep.stages.instruct.judge import Judge, JudgeError
 from llmprep.stages.instruct.task import InstructTask
 from llmprep.training.report import eval_trainer, print_table, results_path, score
@@ -48,55 +47,92 @@ def print_judgement(judged: Mapping[str, Any]) -> None:
     )
 
 
-def report(
-    trainer: L.Trainer,
-    task: InstructTask,
-    datamodule: InstructDataModule,
-    ckpt_path: Path | None,
-    cfg: DictConfig,
-    load: bool = True,
-) -> dict[str, Any]:
-    """Test loss and perplexity (``score``), the answers to the test split, and with
-    ``eval.judge`` the judge's scores; rank 0 prints them and saves them in the order they
-    become known (see the module docstring).
-
-    After fitting (``load``) the answers go to ``<run>/test_responses.json``, otherwise beside
-    the checkpoint. Generation follows ``stage.generation`` (``limit`` answers only the first
-    records; a ``fast_dev_run`` answers as many as it runs batches); the judge comes from the
-    ``judge`` group and is built first, so a bad judge setting fails before any work. Under
-    FSDP the shards are gone after testing, so the answers are left to ``evaluate.py``.
-    """
-    judge = build_judge(cfg)
-    generation, limit = generation_settings(cfg, task, trainer)
-    results, eval_file = test_figures(
-        trainer, task, datamodule, ckpt_path, load, "instruct", "loss"
-    )
-    if eval_file is None:
-        return results
-    generator = torch.Generator(device=task.device).manual_seed(cfg.seed)
-    records = datamodule.records["test"][:limit]
-    answered = task.respond(
+def answer(
+    task: InstructTask, records: list[dict[str, str]], generation: dict[str, Any], seed: int
+) -> list[dict[str, str]]:
+    """Each record with the model's answer (``model_response``), sampled from a generator
+    seeded with ``seed``."""
+    generator = torch.Generator(device=task.device).manual_seed(seed)
+    return task.respond(
         records, **generation, generator=generator, description="answering the test split"
     )
-    responses_file = results_path(None if load else ckpt_path, trainer, "test_responses")
-    write_json_atomically(responses_file, answered)
-    results["responses"] = {"file": str(responses_file), "count": len(answered)}
-    write_json_atomically(eval_file, results)
-    print(f"\n{len(answered)} test responses written to {responses_file}")
-    for row in answered[:3]:
+
+
+def show(rows: list[dict[str, str]], responses_file: Path) -> None:
+    """Where the answers went, and the first three."""
+    print(f"\n{len(rows)} test responses written to {responses_file}")
+    for row in rows[:3]:
         print(f"- {row['instruction']!r}\n  -> {row['model_response']!r}")
 
-    if judge is not None:
-        try:
-            results["judge"] = judge.evaluate(answered)
-        except JudgeError as err:
-            raise JudgeError(
-                f"{err}\n(the loss and the test responses are saved: {eval_file}, {responses_file})"
-            ) from err
+
+Answer = Callable[[Any, list[dict[str, str]], dict[str, Any], int], list[dict[str, str]]]
+"""``answer(task, records, generation, seed)``: the rows of answers to ``records``."""
+
+
+def answering_report(
+    stage: str,
+    what: str,
+    answer: Answer,
+    show: Callable[[list[dict[str, str]], Path], None],
+    judged: Mapping[str, str] | None = None,
+) -> Callable[..., dict[str, Any]]:
+    """The ``report`` of a stage that answers its test records (``instruct`` and ``dpo``).
+
+    ``report(trainer, task, datamodule, ckpt_path, cfg, load=True)`` builds the judge first, so
+    a bad judge setting fails before any work. Then come the test figures
+    (:func:`test_figures`, ``what`` they are); the rows ``answer`` gives for the first
+    ``limit`` test records (``stage.generation``; a ``fast_dev_run`` answers as many as it runs
+    batches), saved to ``test_responses.json`` and shown by ``show``; and with ``eval.judge``
+    the ``judge`` group's scores: of ``model_response`` as ``judge``, or of each answer key of
+    ``judged`` as ``judge.<who>``. Rank 0 prints and saves each in the order it becomes known
+    (see the module docstring): after fitting (``load``) the answers go to
+    ``<run>/test_responses.json``, otherwise beside the checkpoint. Under FSDP the shards are
+    gone after testing, so the answers are left to ``evaluate.py``.
+    """
+
+    def report(
+        trainer: L.Trainer,
+        task: InstructTask,
+        datamodule: Any,
+        ckpt_path: Path | None,
+        cfg: DictConfig,
+        load: bool = True,
+    ) -> dict[str, Any]:
+        judge = build_judge(cfg)
+        generation, limit = generation_settings(cfg, task, trainer)
+        results, eval_file = test_figures(trainer, task, datamodule, ckpt_path, load, stage, what)
+        if eval_file is None:
+            return results
+        rows = answer(task, datamodule.records["test"][:limit], generation, cfg.seed)
+        responses_file = results_path(None if load else ckpt_path, trainer, "test_responses")
+        write_json_atomically(responses_file, rows)
+        results["responses"] = {"file": str(responses_file), "count": len(rows)}
         write_json_atomically(eval_file, results)
-        print_judgement(results["judge"])
+        show(rows, responses_file)
+        if judge is None:
+            return results
+        for who, key in (judged or {"": "model_response"}).items():
+            try:
+                scores = judge.evaluate(rows, key)
+            except JudgeError as err:
+                saved = f"(the figures and the answers are saved: {eval_file}, {responses_file})"
+                raise JudgeError(f"{err}\n{saved}") from err
+            if judged is None:
+                results["judge"] = scores
+            else:
+                results.setdefault("judge", {})[who] = scores
+                print(f"\n{who} answers:")
+            write_json_atomically(eval_file, results)
+            print_judgement(scores)
         print(f"judge scores written to {eval_file}")
-    return results
+        return results
+
+    report.__doc__ = f"The ``{stage}`` stage's report (see ``answering_report``)."
+    return report
+
+
+report = answering_report("instruct", "loss", answer, show)
+"""Test loss and perplexity, the answers to the test split, and the judge's scores."""
 
 
 def build_judge(cfg: DictConfig) -> Judge | None:
