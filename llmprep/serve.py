@@ -41,6 +41,7 @@ import litserve as ls
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from litserve.loops.base import LitLoop
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.loops.streaming_loops import BatchedStreamingLoop
 from litserve.specs.openai import (
@@ -325,16 +326,19 @@ def usage(job: Job, last: dict) -> UsageInfo:
     )
 
 
-class ChatAPI(ls.LitAPI):
-    """The inference worker of a language model: batches of :class:`Job`, answered step by step
-    (always LitServe's batched streaming loop, a batch of one included)."""
+class ModelAPI(ls.LitAPI):
+    """An inference worker: the server's batching settings, and always its class's batched
+    ``LOOP`` (at ``max_batch_size=1`` LitServe would pick a loop handing ``predict`` one request,
+    not a list)."""
 
-    def __init__(self, settings: ServeSettings, spec: ChatSpec) -> None:
+    LOOP: type[LitLoop]
+
+    def __init__(self, settings: ServeSettings, spec: ChatSpec | None = None) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
             spec=spec,
-            loop=BatchedStreamingLoop(),
+            loop=self.LOOP(),
         )
         self.source, self.target = settings.ckpt_path, settings.device
 
@@ -342,6 +346,12 @@ class ChatAPI(ls.LitAPI):
         """Load the model on the ``device`` setting (LitServe's ``device`` is always "cpu":
         the server leaves device choice to :func:`load_model`)."""
         self.loaded = load_model(self.source, self.target)
+
+
+class ChatAPI(ModelAPI):
+    """The inference worker of a language model: batches of :class:`Job`, answered step by step."""
+
+    LOOP = BatchedStreamingLoop
 
     def predict(self, jobs: Sequence[Job]) -> Iterator[list[dict]]:
         """Per decoding step, one message per job: its new text, and at the step its answer
@@ -387,21 +397,11 @@ class ClassifyRequest(BaseModel):
         return self.texts if self.texts is not None else [self.text]
 
 
-class ClassifyAPI(ls.LitAPI):
+class ClassifyAPI(ModelAPI):
     """The inference worker of a classifier: the texts of a batch of requests labelled
     together, ``max_batch_size`` texts at a time."""
 
-    def __init__(self, settings: ServeSettings) -> None:
-        super().__init__(
-            max_batch_size=settings.max_batch_size,
-            batch_timeout=settings.batch_timeout,
-            loop=BatchedLoop(),
-        )
-        self.source, self.target = settings.ckpt_path, settings.device
-
-    def setup(self, device: str) -> None:
-        """Load the classifier on the ``device`` setting (see :meth:`ChatAPI.setup`)."""
-        self.loaded = load_model(self.source, self.target)
+    LOOP = BatchedLoop
 
     def decode_request(self, request: ClassifyRequest) -> list[str]:
         return request.all()

@@ -23,9 +23,12 @@ import httpx
 import openai
 import pytest
 from conftest import ROOT, TINY_CLASSIFIER, tiny_instruct_checkpoint
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.loops.streaming_loops import BatchedStreamingLoop
 
 from llmprep.generate import main as generate
 from llmprep.inference import LoadedModel, Sampling, load_model
+from llmprep.serve import ChatAPI, ChatSpec, ClassifyAPI, ServeSettings
 from llmprep.serve import main as serve
 
 CONTEXT = 128
@@ -363,3 +366,11 @@ def test_bad_classify_input_gets_400_and_the_server_keeps_serving(
     assert response.status_code == 400
     assert message in response.json()["error"]["message"]
     assert predict(classify_server, {"text": "hello"}).status_code == 200
+
+
+def test_the_workers_take_lists_of_requests_even_one_at_a_time() -> None:
+    """At ``max_batch_size=1`` LitServe's own loop would hand ``predict`` one request."""
+    settings = ServeSettings(ckpt_path="unused", max_batch_size=1)
+    assert isinstance(ClassifyAPI(settings).loop, BatchedLoop)
+    chat = ChatAPI(settings, ChatSpec(None, NAME, settings.max_tokens))
+    assert isinstance(chat.loop, BatchedStreamingLoop)
