@@ -90,10 +90,9 @@ class TextStream:
         """The text that ``token`` makes final (often ""); ``<|endoftext|>`` ends the row."""
         if self.finish_reason is not None:
             return ""
-        if token == self.tokenizer.eot_id:
-            self.ids.append(token)
-            return self.finish("stop")
         self.ids.append(token)
+        if token == self.tokenizer.eot_id:
+            return self.finish("stop")
         self.text = self.tokenizer.decode(self.ids)
         at = stop_index(self.text, self.stop)
         if at is not None:
