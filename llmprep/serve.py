@@ -113,25 +113,27 @@ EXAMPLES = (
 )
 
 
-def error_body(message: str, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error object, which its clients turn into their exception's message."""
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-    return {"error": error}
+def error_body(
+    message: str, param: str | None = None, code: str | None = None, status: int = 400
+) -> dict:
+    """OpenAI's error object, which its clients turn into their exception's message; its type
+    is ``server_error`` for a ``status`` of 500 or more, else ``invalid_request_error``."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def api_error(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> HTTPException:
     """An error response with OpenAI's body (see :func:`http_error`)."""
-    return HTTPException(status, detail=error_body(message, param, code)["error"])
+    return HTTPException(status, detail=error_body(message, param, code, status)["error"])
 
 
 async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
     """Any HTTP error (ours or LitServe's) in OpenAI's error body."""
     detail = err.detail if isinstance(err.detail, dict) else {"message": str(err.detail)}
-    body = error_body(**{key: detail.get(key) for key in ("message", "param", "code")})
-    if err.status_code >= 500:
-        body["error"]["type"] = "server_error"
+    fields = {key: detail.get(key) for key in ("message", "param", "code")}
+    body = error_body(**fields, status=err.status_code)
     return JSONResponse(body, status_code=err.status_code, headers=err.headers)
 
 

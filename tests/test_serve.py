@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,10 +15,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -28,7 +30,7 @@ from litserve.loops.streaming_loops import BatchedStreamingLoop
 
 from llmprep.generate import main as generate
 from llmprep.inference import LoadedModel, Sampling, load_model
-from llmprep.serve import ChatAPI, ChatSpec, ClassifyAPI, ServeSettings
+from llmprep.serve import ChatAPI, ChatSpec, ClassifyAPI, Job, ServeSettings, api_error
 from llmprep.serve import main as serve
 
 CONTEXT = 128
@@ -374,3 +376,20 @@ def test_the_workers_take_lists_of_requests_even_one_at_a_time() -> None:
     assert isinstance(ClassifyAPI(settings).loop, BatchedLoop)
     chat = ChatAPI(settings, ChatSpec(None, NAME, settings.max_tokens))
     assert isinstance(chat.loop, BatchedStreamingLoop)
+
+
+def test_a_model_failure_after_a_stream_began_is_a_server_error_event() -> None:
+    async def failing() -> AsyncIterator[dict]:
+        raise api_error(500, "The model failed on this request; see the server log.")
+        yield {}
+
+    async def events() -> list[str]:
+        spec = SimpleNamespace(model_name="m")
+        job = Job([1, 2], Sampling(max_new_tokens=1))
+        return [event async for event in ChatSpec.chunks(spec, job, failing())]
+
+    first, error = asyncio.run(events())
+    assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+    body = json.loads(error.removeprefix("data: "))
+    assert body["error"]["type"] == "server_error"
+    assert body["error"]["message"].startswith("The model failed")
