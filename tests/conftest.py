@@ -124,27 +124,37 @@ def cli(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callab
     return run
 
 
+def quiet_trainer(**settings: object) -> lightning.Trainer:
+    """A CPU Trainer that writes no logs or checkpoints and prints no progress bar or model
+    summary, so a test trains for real without files or console noise; ``settings`` are the
+    test's own (``max_steps``, ``callbacks``, ...) and replace these where they overlap.
+
+    Lightning is imported here, so test files that never train do not pay for it.
+    """
+    import lightning as L
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**quiet, **settings})
+
+
 def fit_checkpoint(
     task: lightning.LightningModule, path: Path, tokens: torch.Tensor, steps: int
 ) -> Path:
     """Train ``task`` for ``steps`` real Trainer steps on next-token pairs of ``tokens`` (rows of
     token ids, batches of 4), then save its checkpoint to ``path``.
 
-    Lightning and torch are imported here, so test files that never train do not pay for them.
+    Torch is imported here, so test files that never train do not pay for it.
     """
-    import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(tokens, tokens.roll(-1, dims=1)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-    )
+    trainer = quiet_trainer(max_steps=steps, default_root_dir=path.parent)
     trainer.fit(task, train_dataloaders=loader)
     trainer.save_checkpoint(path)
     return path
