@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from memory import add_options, fit, peak_rss_mib, print_child_figures, print_table
+from memory import fit, parse_args, peak_rss_mib, print_table
 
 SHOWN = ("plain", "checkpointing, MALLOC_MMAP_THRESHOLD_=1MiB")
 """The settings of memory.SETTINGS measured here."""
@@ -78,14 +78,10 @@ def run_variant(rank: int, pairs: int, length: int, steps: int, recompute: bool)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step")
-    add_options(parser)
-    args = parser.parse_args()
-    if args.child:
-        print_child_figures(
-            run_variant(args.rank, args.pairs, args.length, args.steps, args.recompute)
-        )
-        return
-
+    args = parse_args(
+        parser,
+        lambda o: run_variant(o.rank, o.pairs, o.length, o.steps, o.recompute),
+    )
     print(
         f"DPO training of gpt2-small (random weights), {args.pairs} pairs (chosen + rejected: "
         f"{2 * args.pairs} sequences) x {args.length} tokens, {args.steps} steps, AdamW; "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from memory import SETTINGS, add_options, fit, peak_rss_mib, print_child_figures, print_table
+from memory import SETTINGS, fit, parse_args, peak_rss_mib, print_table
 
 TARGET_RATIO = 0.6
 """LoRA's peak over full fine-tuning's that the issue asks for at most."""
@@ -81,14 +81,10 @@ def run_variant(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4, help="sequences per training step")
-    add_options(parser)
-    args = parser.parse_args()
-    if args.child:
-        print_child_figures(
-            run_variant(args.rank, args.batch, args.length, args.steps, args.recompute)
-        )
-        return
-
+    args = parse_args(
+        parser,
+        lambda o: run_variant(o.rank, o.batch, o.length, o.steps, o.recompute),
+    )
     print(
         f"instruct-stage training of gpt2-small (random weights), batch {args.batch} x "
         f"{args.length} tokens, {args.steps} steps, AdamW; {os.cpu_count()} CPU cores\n"

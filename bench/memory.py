@@ -16,7 +16,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,9 +41,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options every memory bench takes (sequence length, steps, LoRA rank) and the
-    hidden ones ``measure`` gives a variant's process."""
+def parse_args(
+    parser: argparse.ArgumentParser, variant: Callable[[argparse.Namespace], dict]
+) -> argparse.Namespace:
+    """Add the options every memory bench takes (sequence length, steps, LoRA rank) to the bench's
+    own, and parse the command line. In a variant's process (``--child``, set by ``measure``,
+    with ``--rank`` and ``--recompute``) run ``variant`` on the options, print its figures as
+    the last line, where ``measure`` reads them, and exit; else return the options."""
     parser.add_argument("--length", type=int, default=256, help="tokens per sequence (max)")
     parser.add_argument(
         "--steps",
@@ -54,6 +58,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(variant(args)))
+        raise SystemExit(0)
+    return args
 
 
 def fit(task: lightning.LightningModule, loader: DataLoader, steps: int, built_mib: float) -> dict:
@@ -103,12 +112,6 @@ def measure(script: str, rank: int, setting: str, args: argparse.Namespace) -> d
     if done.returncode != 0:
         raise SystemExit(f"variant rank={rank} ({setting}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def print_child_figures(figures: dict) -> None:
-    """A variant's figures as the last line of its process's output, where ``measure`` reads
-    them."""
-    print(json.dumps(figures))
 
 
 def print_table(
