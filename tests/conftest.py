@@ -77,6 +77,20 @@ def model_size(name: str, **overrides: object) -> GPTConfig:
     return model_config_from({**_model_group(name), **overrides})
 
 
+def preference_records(n: int) -> list[dict[str, str]]:
+    """``n`` pairs whose chosen answer is short and right, the rejected one long and wrong."""
+    return [
+        {
+            "instruction": f"Add one to {i}.",
+            "input": "" if i % 3 else "Answer with a number.",
+            "output": str(i + 1),
+            "chosen": str(i + 1),
+            "rejected": f"Well, I believe the answer might be {i + 7}, or perhaps not.",
+        }
+        for i in range(n)
+    ]
+
+
 def run_cli(
     script: str, *args: str, timeout: int = 300, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:

@@ -10,23 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, preference_records
 
 GENERATION = ("stage.generation.limit=2", "stage.generation.max_new_tokens=4")
-
-
-def preference_records(n: int) -> list[dict[str, str]]:
-    """``n`` pairs whose chosen answer is short and right, the rejected one long and wrong."""
-    return [
-        {
-            "instruction": f"Add one to {i}.",
-            "input": "" if i % 3 else "Answer with a number.",
-            "output": str(i + 1),
-            "chosen": str(i + 1),
-            "rejected": f"Well, I believe the answer might be {i + 7}, or perhaps not.",
-        }
-        for i in range(n)
-    ]
 
 
 @dataclass(frozen=True)
