@@ -35,6 +35,21 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = ("stage=classify", "model=gpt2-tiny", "init_from=null", "data=classify_file")
 """A classifier run of the tiniest model from random weights on a file (``data.path=...``)."""
+TINY_INSTRUCT = (
+    "stage=instruct",
+    "model=gpt2-tiny",
+    "init_from=null",
+    "data=instruct_file",
+    "data.prompt_style=phi3",
+    "data.mask_prompt=true",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "stage.sample.count=0",
+)
+"""An instruct run of the tiniest model from random weights on a file of records
+(``data.path=...``), phi3 prompts masked from the loss, two training batches and no samples: a
+checkpoint for the tests of what reads one (evaluation, DPO), whose prompt style is not the
+default."""
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("LLMPREP_MIRROR", str(SHARED / "data"))
