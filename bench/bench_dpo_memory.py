@@ -20,25 +20,21 @@ the peak follows the memory in use rather than what glibc keeps after freeing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from bench_lora_memory import SETTINGS, peak_rss_mib
+from memory import fit, parse_args, peak_rss_mib, print_table
 
 SHOWN = ("plain", "checkpointing, MALLOC_MMAP_THRESHOLD_=1MiB")
-"""The settings of bench_lora_memory.py measured here."""
+"""The settings of memory.SETTINGS measured here."""
 
 
 def run_variant(rank: int, pairs: int, length: int, steps: int, recompute: bool) -> dict:
     """Build and train one variant in this process; ``rank`` 0 is full fine-tuning."""
-    import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
@@ -76,80 +72,23 @@ def run_variant(rank: int, pairs: int, length: int, steps: int, recompute: bool)
         chosen, rejected = ids(length - len(prompt)), ids(length // 2 - len(prompt) // 2)
         items.append((prompt + chosen, len(prompt), prompt + rejected, len(prompt)))
     loader = DataLoader(items, batch_size=pairs, collate_fn=PairCollate(max_length=length))
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(task, train_dataloaders=loader)
-    return {
-        "trainable": sum(p.numel() for p in task.parameters() if p.requires_grad),
-        "built_mib": built,
-        "peak_mib": peak_rss_mib(),
-        "seconds_per_step": (time.perf_counter() - start) / steps,
-    }
-
-
-def measure(rank: int, setting: str, args: argparse.Namespace) -> dict:
-    """One variant's figures, from a fresh process running this file with ``--child``."""
-    env_extra, recompute = SETTINGS[setting]
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        f"--rank={rank}",
-        f"--pairs={args.pairs}",
-        f"--length={args.length}",
-        f"--steps={args.steps}",
-        *(["--recompute"] if recompute else []),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env_extra})
-    if done.returncode != 0:
-        raise SystemExit(f"variant rank={rank} ({setting}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fit(task, loader, steps, built)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step")
-    parser.add_argument("--length", type=int, default=256, help="tokens per sequence (max)")
-    parser.add_argument("--steps", type=int, default=2, help="training steps per variant (2+)")
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        figures = run_variant(args.rank, args.pairs, args.length, args.steps, args.recompute)
-        print(json.dumps(figures))
-        return
-
+    args = parse_args(
+        parser,
+        lambda o: run_variant(o.rank, o.pairs, o.length, o.steps, o.recompute),
+    )
     print(
         f"DPO training of gpt2-small (random weights), {args.pairs} pairs (chosen + rejected: "
         f"{2 * args.pairs} sequences) x {args.length} tokens, {args.steps} steps, AdamW; "
         f"{os.cpu_count()} CPU cores\n"
     )
-    print(
-        "| setting | reference | trainable params | peak RSS after build | peak RSS training "
-        "| LoRA / full | s/step |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for setting in SHOWN:
-        full, lora = measure(0, setting, args), measure(args.rank, setting, args)
-        ratio = lora["peak_mib"] / full["peak_mib"]
-        for name, row in (
-            ("frozen copy (full fine-tuning)", full),
-            (f"adapters off (LoRA rank {args.rank})", lora),
-        ):
-            print(
-                f"| {setting} | {name} | {row['trainable']:,} | {row['built_mib']:,.0f} MiB | "
-                f"{row['peak_mib']:,.0f} MiB | {ratio if row is lora else 1.0:.2f} | "
-                f"{row['seconds_per_step']:.1f} |",
-                flush=True,
-            )
+    names = ("frozen copy (full fine-tuning)", f"adapters off (LoRA rank {args.rank})")
+    print_table(__file__, SHOWN, args, "reference", names)
 
 
 if __name__ == "__main__":

@@ -24,38 +24,23 @@ tensor is its own mapping, returned on free, so the peak follows the memory in u
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
+from memory import SETTINGS, fit, parse_args, peak_rss_mib, print_table
+
 TARGET_RATIO = 0.6
 """LoRA's peak over full fine-tuning's that the issue asks for at most."""
-
-SETTINGS = {
-    "plain": ({}, False),
-    "activation checkpointing": ({}, True),
-    "checkpointing, MALLOC_MMAP_THRESHOLD_=1MiB": ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, True),
-}
-"""Each setting's environment additions and activation checkpointing (see the docstring)."""
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_variant(
     rank: int, batch: int, length: int, steps: int, recompute: bool
 ) -> dict[str, float]:
     """Build and train one variant in this process; ``rank`` 0 is full fine-tuning."""
-    import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
@@ -90,83 +75,21 @@ def run_variant(
         ids = torch.randint(0, config.vocab_size, (size,), generator=generator).tolist()
         items.append((ids, size // 3))
     loader = DataLoader(items, batch_size=batch, collate_fn=InstructCollate(max_length=length))
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(task, train_dataloaders=loader)
-    return {
-        "trainable": sum(p.numel() for p in task.parameters() if p.requires_grad),
-        "built_mib": built,
-        "peak_mib": peak_rss_mib(),
-        "seconds_per_step": (time.perf_counter() - start) / steps,
-    }
-
-
-def measure(rank: int, setting: str, args: argparse.Namespace) -> dict[str, float]:
-    """One variant's figures, from a fresh process running this file with ``--child``."""
-    env_extra, recompute = SETTINGS[setting]
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        f"--rank={rank}",
-        f"--batch={args.batch}",
-        f"--length={args.length}",
-        f"--steps={args.steps}",
-        *(["--recompute"] if recompute else []),
-    ]
-    env = {**os.environ, **env_extra}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"variant rank={rank} ({setting}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fit(task, loader, steps, built)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4, help="sequences per training step")
-    parser.add_argument("--length", type=int, default=256, help="tokens per sequence (max)")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=2,
-        help="training steps per variant (2+: AdamW's moments are allocated at the first step)",
+    args = parse_args(
+        parser,
+        lambda o: run_variant(o.rank, o.batch, o.length, o.steps, o.recompute),
     )
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(
-            json.dumps(run_variant(args.rank, args.batch, args.length, args.steps, args.recompute))
-        )
-        return
-
     print(
         f"instruct-stage training of gpt2-small (random weights), batch {args.batch} x "
         f"{args.length} tokens, {args.steps} steps, AdamW; {os.cpu_count()} CPU cores\n"
     )
-    print(
-        "| setting | variant | trainable params | peak RSS after build | peak RSS training "
-        "| LoRA / full | s/step |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for setting in SETTINGS:
-        full, lora = measure(0, setting, args), measure(args.rank, setting, args)
-        ratio = lora["peak_mib"] / full["peak_mib"]
-        for name, row in (("full fine-tuning", full), (f"LoRA rank {args.rank}", lora)):
-            print(
-                f"| {setting} | {name} | {row['trainable']:,} | {row['built_mib']:,.0f} MiB | "
-                f"{row['peak_mib']:,.0f} MiB | {ratio if row is lora else 1.0:.2f} | "
-                f"{row['seconds_per_step']:.1f} |",
-                flush=True,
-            )
+    print_table(__file__, SETTINGS, args, "variant", ("full fine-tuning", f"LoRA rank {args.rank}"))
     print(f"\ntarget: LoRA / full <= {TARGET_RATIO}")
 
 

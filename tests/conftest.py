@@ -35,6 +35,21 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = ("stage=classify", "model=gpt2-tiny", "init_from=null", "data=classify_file")
 """A classifier run of the tiniest model from random weights on a file (``data.path=...``)."""
+TINY_INSTRUCT = (
+    "stage=instruct",
+    "model=gpt2-tiny",
+    "init_from=null",
+    "data=instruct_file",
+    "data.prompt_style=phi3",
+    "data.mask_prompt=true",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "stage.sample.count=0",
+)
+"""An instruct run of the tiniest model from random weights on a file of records
+(``data.path=...``), phi3 prompts masked from the loss, two training batches and no samples: a
+checkpoint for the tests of what reads one (evaluation, DPO), whose prompt style is not the
+default."""
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("LLMPREP_MIRROR", str(SHARED / "data"))
@@ -75,6 +90,20 @@ def model_size(name: str, **overrides: object) -> GPTConfig:
     from llmprep.model.init import model_config_from
 
     return model_config_from({**_model_group(name), **overrides})
+
+
+def preference_records(n: int) -> list[dict[str, str]]:
+    """``n`` pairs whose chosen answer is short and right, the rejected one long and wrong."""
+    return [
+        {
+            "instruction": f"Add one to {i}.",
+            "input": "" if i % 3 else "Answer with a number.",
+            "output": str(i + 1),
+            "chosen": str(i + 1),
+            "rejected": f"Well, I believe the answer might be {i + 7}, or perhaps not.",
+        }
+        for i in range(n)
+    ]
 
 
 def run_cli(
@@ -124,27 +153,37 @@ def cli(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callab
     return run
 
 
+def quiet_trainer(**settings: object) -> lightning.Trainer:
+    """A CPU Trainer that writes no logs or checkpoints and prints no progress bar or model
+    summary, so a test trains for real without files or console noise; ``settings`` are the
+    test's own (``max_steps``, ``callbacks``, ...) and replace these where they overlap.
+
+    Lightning is imported here, so test files that never train do not pay for it.
+    """
+    import lightning as L
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**quiet, **settings})
+
+
 def fit_checkpoint(
     task: lightning.LightningModule, path: Path, tokens: torch.Tensor, steps: int
 ) -> Path:
     """Train ``task`` for ``steps`` real Trainer steps on next-token pairs of ``tokens`` (rows of
     token ids, batches of 4), then save its checkpoint to ``path``.
 
-    Lightning and torch are imported here, so test files that never train do not pay for them.
+    Torch is imported here, so test files that never train do not pay for it.
     """
-    import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(tokens, tokens.roll(-1, dims=1)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=path.parent,
-    )
+    trainer = quiet_trainer(max_steps=steps, default_root_dir=path.parent)
     trainer.fit(task, train_dataloaders=loader)
     trainer.save_checkpoint(path)
     return path

@@ -170,18 +170,20 @@ def test_cache_writes_in_place_and_refuses_more_than_its_capacity() -> None:
         KVCache(0)
 
 
-def pad_left(idx: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``idx`` [1, T] after ``count`` padding tokens (an arbitrary id), with its mask."""
-    ids = torch.cat([torch.full((1, count), 5), idx], dim=1)
-    return ids, ids.new_ones(ids.shape, dtype=torch.bool).index_fill(1, torch.arange(count), 0)
+def padded_batch(short: torch.Tensor, long: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch [2, L] of ``short`` [1, S] left-padded to ``long``'s length (L - S padding tokens
+    of an arbitrary id) above ``long`` [1, L], and its attention mask."""
+    count = long.shape[1] - short.shape[1]
+    idx = torch.cat([torch.cat([torch.full((1, count), 5), short], dim=1), long])
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[0, :count] = False
+    return idx, mask
 
 
 def test_left_padded_rows_compute_what_they_compute_alone() -> None:
     model = tiny()
     short, long = torch.randint(0, VOCAB, (1, 5)), torch.randint(0, VOCAB, (1, 9))
-    padded, short_mask = pad_left(short, 4)
-    idx = torch.cat([padded, long])
-    mask = torch.cat([short_mask, torch.ones_like(long, dtype=torch.bool)])
+    idx, mask = padded_batch(short, long)
     logits = model(idx, attention_mask=mask)
     assert logits.isfinite().all()  # padding queries too: they attend to themselves
     torch.testing.assert_close(logits[:1, 4:], model(short), atol=1e-5, rtol=1e-5)
@@ -196,9 +198,7 @@ def test_left_padded_rows_compute_what_they_compute_alone() -> None:
 def test_cache_remembers_the_padding_for_later_tokens() -> None:
     model = tiny()
     short, long = torch.randint(0, VOCAB, (1, 8)), torch.randint(0, VOCAB, (1, 11))
-    padded, short_mask = pad_left(short, 3)
-    idx = torch.cat([padded, long])
-    mask = torch.cat([short_mask, torch.ones_like(long, dtype=torch.bool)])
+    idx, mask = padded_batch(short, long)
     cache = KVCache(16)
     first = model(idx[:, :7], kv_cache=cache, attention_mask=mask[:, :7])
     rest = [model(idx[:, t : t + 1], kv_cache=cache) for t in range(7, 11)]

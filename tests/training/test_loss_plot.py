@@ -7,6 +7,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from llmprep.training.loss_plot import LossPlot, plot_losses
@@ -52,16 +53,8 @@ def test_training_losses_are_the_task_losses_under_gradient_accumulation(tmp_pat
     inputs = torch.randn(12, 4, generator=generator)
     data = TensorDataset(inputs, 10 * inputs.sum(dim=1, keepdim=True))
     plot, task = LossPlot(tmp_path / "loss.png"), Regression()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accumulate_grad_batches=3,
-        accelerator="cpu",
-        callbacks=[plot],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    trainer = quiet_trainer(
+        max_epochs=1, accumulate_grad_batches=3, callbacks=[plot], default_root_dir=tmp_path
     )
     trainer.fit(task, DataLoader(data, batch_size=2))
     assert len(task.computed) == 6
@@ -84,16 +77,7 @@ def test_other_scalars_a_training_step_returns_get_a_panel_of_their_own(tmp_path
     inputs = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     data = DataLoader(TensorDataset(inputs, inputs.sum(dim=1, keepdim=True)), batch_size=2)
     plot = LossPlot(tmp_path / "loss.png")
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        callbacks=[plot],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, callbacks=[plot], default_root_dir=tmp_path)
     trainer.fit(WithMargin(), data, data)
     train, val = plot.extras["margin"]
     assert list(plot.extras) == ["margin"]  # the loss has its own panel; non-scalars are left out

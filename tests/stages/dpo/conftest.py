@@ -10,23 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY_INSTRUCT, preference_records
 
 GENERATION = ("stage.generation.limit=2", "stage.generation.max_new_tokens=4")
-
-
-def preference_records(n: int) -> list[dict[str, str]]:
-    """``n`` pairs whose chosen answer is short and right, the rejected one long and wrong."""
-    return [
-        {
-            "instruction": f"Add one to {i}.",
-            "input": "" if i % 3 else "Answer with a number.",
-            "output": str(i + 1),
-            "chosen": str(i + 1),
-            "rejected": f"Well, I believe the answer might be {i + 7}, or perhaps not.",
-        }
-        for i in range(n)
-    ]
 
 
 @dataclass(frozen=True)
@@ -58,18 +44,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     folder = tmp_path_factory.mktemp("dpo-chain")
     data = folder / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in preference_records(32)), encoding="utf-8")
-    common = ("model=gpt2-tiny", "logger=csv", "trainer.log_every_n_steps=1", *GENERATION)
+    common = ("logger=csv", "trainer.log_every_n_steps=1", *GENERATION)
     instruct = folder / "instruct"
     train(
-        "stage=instruct",
-        "init_from=null",
-        "data=instruct_file",
+        *TINY_INSTRUCT,
         f"data.path={data}",
-        "data.prompt_style=phi3",
-        "data.mask_prompt=true",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "stage.sample.count=0",
         "test_after_fit=false",
         *common,
         f"hydra.run.dir={instruct}",
@@ -77,6 +56,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     dpo = folder / "dpo"
     train(
         "stage=dpo",
+        "model=gpt2-tiny",
         f"init_from={instruct / 'checkpoints' / 'last.ckpt'}",
         "data=preference_file",
         f"data.path={data}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, preference_records
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -24,19 +24,6 @@ from llmprep.stages.instruct.prompts import get_style
 from llmprep.tokenizer import get_tokenizer
 
 X = -100
-
-
-def pairs(n: int) -> list[dict[str, str]]:
-    return [
-        {
-            "instruction": f"Name the number after {i}.",
-            "input": "" if i % 2 else "Be brief.",
-            "output": str(i + 1),
-            "chosen": str(i + 1),
-            "rejected": f"It is {i + 5}, I think.",
-        }
-        for i in range(n)
-    ]
 
 
 def write_json(path: Path, data: object) -> Path:
@@ -94,14 +81,17 @@ def test_prompt_style_defaults_to_the_starting_checkpoints(tmp_path: Path) -> No
     assert checkpoint_style(str(ckpt)) == "phi3"
     assert checkpoint_style(str(pretrain)) == checkpoint_style(None) == "alpaca"
     assert checkpoint_style("openai-community/gpt2") == "alpaca"
-    path = write_json(tmp_path / "p.json", pairs(20))
+    path = write_json(tmp_path / "p.json", preference_records(20))
     assert PreferenceDataModule(str(path), init_from=str(ckpt)).style.name == "phi3"
     chosen = PreferenceDataModule(str(path), init_from=str(ckpt), prompt_style="plain")
     assert chosen.task_settings() == {"prompt_style": "plain"}
 
 
 def test_renamed_fields_and_no_input_or_output(tmp_path: Path) -> None:
-    rows = [{"q": r["instruction"], "good": r["chosen"], "bad": r["rejected"]} for r in pairs(20)]
+    rows = [
+        {"q": r["instruction"], "good": r["chosen"], "bad": r["rejected"]}
+        for r in preference_records(20)
+    ]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     fields = {
@@ -139,7 +129,7 @@ def test_renamed_fields_and_no_input_or_output(tmp_path: Path) -> None:
 def test_a_bad_record_is_one_error_naming_file_record_and_field(
     tmp_path: Path, edit, field: str, message: str
 ) -> None:
-    data = pairs(20)
+    data = preference_records(20)
     edit(data[7])
     path = write_json(tmp_path / "bad.json", data)
     dm = PreferenceDataModule(str(path))
@@ -152,7 +142,7 @@ def test_a_bad_record_is_one_error_naming_file_record_and_field(
 def test_identical_and_truncated_pairs_are_skipped_with_a_count(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = pairs(20)
+    data = preference_records(20)
     data[2]["rejected"] = data[2]["chosen"]
     data[5]["instruction"] = "word " * 60  # the prompt alone fills the 40 tokens
     path = write_json(tmp_path / "p.json", data)
@@ -172,7 +162,7 @@ def test_identical_and_truncated_pairs_are_skipped_with_a_count(
 
 
 def test_a_split_left_without_pairs_names_the_file(tmp_path: Path) -> None:
-    path = write_json(tmp_path / "p.json", pairs(20))
+    path = write_json(tmp_path / "p.json", preference_records(20))
     dm = PreferenceDataModule(str(path), max_length=5)
     with pytest.raises(DataError, match=r"p.json.*the train split has no pair left to score"):
         dm.setup()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FakeJudge, run_cli
+from conftest import TINY_INSTRUCT, FakeJudge, run_cli
 
 from llmprep.stages.instruct.evaluate import evaluate
 from llmprep.stages.instruct.judge import JudgeError
@@ -39,17 +39,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = folder / "run"
     result = run_cli(
         "train.py",
-        "stage=instruct",
-        "model=gpt2-tiny",
-        "init_from=null",
-        "data=instruct_file",
+        *TINY_INSTRUCT,
         f"data.path={data}",
-        "data.prompt_style=phi3",
-        "data.mask_prompt=true",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
-        "stage.sample.count=0",
         *GENERATION,
         "logger=csv",
         f"hydra.run.dir={out}",

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import run_cli
+from conftest import quiet_trainer, run_cli
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -195,15 +195,11 @@ def test_prompts_that_fill_the_context_never_make_the_logged_training_loss_nan(
     )
     task = tiny_task()
     task.config["optim"] = {"lr": 1e-3, "weight_decay": 0.0}
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_val_batches=0,
-        accelerator="cpu",
         logger=CSVLogger(tmp_path),
         log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(task, datamodule=datamodule)
