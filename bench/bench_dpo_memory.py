@@ -76,7 +76,7 @@ def run_variant(rank: int, pairs: int, length: int, steps: int, recompute: bool)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--pairs", type=int, default=2, help="preference pairs per step")
     args = parse_args(
         parser,
