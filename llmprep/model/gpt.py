@@ -185,8 +185,9 @@ class CausalSelfAttention(nn.Module):
         return x.view(batch, time, self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None, attn_mask: Tensor | None) -> Tensor:
-        """``attn_mask`` [B, 1, T, keys] (True: may attend), from :func:`attention_mask`, when
-        some keys are padding; without it the mask is the plain causal one."""
+        """``attn_mask`` [B, 1, T, keys] (True: may attend), from
+        :func:`padding_attention_mask`, when some keys are padding; without it the mask is the
+        plain causal one."""
         batch, time, width = x.shape
         q = self._split_heads(self.query(x))
         k = self._split_heads(self.key(x))
